@@ -1,0 +1,34 @@
+# Two entry points for a fresh machine with Python 3.10+: `make demo` and `make test`.
+# Both create .venv once (a stamp file tracks pyproject.toml) and are fast when nothing changed.
+
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.steermoe-installed
+# Keep the DeepSpeed JIT build between runs.
+export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/steermoe/torch_extensions
+
+.PHONY: venv demo test lint bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	# CPU torch unless a torch is already importable (keeps a CUDA build on GPU boxes).
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/steermoe run --config configs/demo.yaml
+
+test: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/pytest -q
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf $(VENV) runs

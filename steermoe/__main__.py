@@ -1,0 +1,3 @@
+from steermoe.cli import main
+
+main()

@@ -1,0 +1,49 @@
+"""The typer application and what every command shares: the console and one-line errors."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+import typer
+from rich.console import Console
+
+from steermoe.errors import SteerMoEError
+
+__all__ = ["app", "config_app", "console", "err_console", "run_app"]
+
+app = typer.Typer(
+    name="steermoe",
+    help="Find the experts of an MoE LLM that carry unsafe behaviour, and fine-tune only those.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=True)
+app.add_typer(config_app, name="config")
+
+console = Console()
+err_console = Console(stderr=True)
+
+
+def run_app(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors meant for users become one line on stderr and an exit code."""
+    try:
+        result = app(args=argv, standalone_mode=False, prog_name="steermoe")
+    except SteerMoEError as e:
+        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        return e.exit_code
+    except click.exceptions.Abort:
+        err_console.print("aborted")
+        return 130
+    except click.ClickException as e:
+        e.show()
+        return e.exit_code
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        return 130
+    return result if isinstance(result, int) else 0
+
+
+def main() -> None:
+    sys.exit(run_app())

@@ -1,0 +1,273 @@
+"""The run configuration: one pydantic model for a whole pipeline run, one section per stage.
+
+Defaults are the built-in demo, so ``RunConfig()`` is a runnable config. Every field carries a
+description; unknown keys, wrong types and impossible values are rejected with the key path.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from steermoe.errors import ConfigError
+
+__all__ = [
+    "RunConfig",
+    "ModelConfig",
+    "PromptSourceConfig",
+    "PromptsConfig",
+    "ValidationConfig",
+    "GenerationConfig",
+    "RoutingConfig",
+    "AnalysisConfig",
+    "SelectionConfig",
+    "FinetuneConfig",
+    "EvaluationConfig",
+    "TrackingConfig",
+    "load_config",
+    "apply_overrides",
+    "default_cache_dir",
+    "format_validation_error",
+]
+
+
+def default_cache_dir() -> Path:
+    """``$STEERMOE_CACHE`` or ``$XDG_CACHE_HOME/steermoe`` (``~/.cache/steermoe``)."""
+    if os.environ.get("STEERMOE_CACHE"):
+        return Path(os.environ["STEERMOE_CACHE"])
+    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
+    return Path(base) / "steermoe"
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelConfig(Section):
+    source: str = Field("demo", description="'demo' for the built-in demo model, or a local Hugging Face model folder.")
+    demo_arch: Literal["qwen3_moe", "olmoe", "mixtral"] = Field("qwen3_moe", description="Architecture of the demo model (source='demo' only).")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading the model.")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
+    trust_remote_code: bool = Field(False, description="Allow model code from the folder; off unless you trust the source.")
+
+
+class PromptSourceConfig(Section):
+    path: str = Field(description="A JSONL/CSV/Parquet file, a saved HF dataset folder, or a hub dataset name.")
+    format: Literal["jsonl", "csv", "parquet", "hf"] | None = Field(None, description="File format; guessed from the suffix when empty.")
+    columns: dict[str, str] = Field(default_factory=dict, description="Our field -> the file's column, e.g. {prompt: goal}.")
+    label: Literal["safe", "unsafe"] | None = Field(None, description="Label for rows without one (whole-file label).")
+    category: str | None = Field(None, description="Category for rows without one.")
+    split: Literal["train", "eval"] | None = Field(None, description="Split for rows without one.")
+    hf_split: str | None = Field(None, description="Which split of a Hugging Face dataset to read.")
+
+
+class ValidationConfig(Section):
+    min_chars: int = Field(3, ge=1, description="Shortest allowed prompt, in characters.")
+    max_chars: int = Field(4000, ge=1, description="Longest allowed prompt, in characters.")
+    min_per_label: int = Field(10, ge=1, description="Fewest rows each label must have.")
+    imbalance_warning_ratio: float = Field(4.0, gt=1, description="Warn when one label outnumbers the other by more than this.")
+
+    @model_validator(mode="after")
+    def _bounds(self):
+        if self.min_chars > self.max_chars:
+            raise ValueError("min_chars must not exceed max_chars")
+        return self
+
+
+class PromptsConfig(Section):
+    sources: list[PromptSourceConfig] | Literal["demo"] = Field("demo", description="Prompt files, or 'demo' for the built-in sets.")
+    validation: ValidationConfig = Field(default_factory=ValidationConfig)
+
+
+class GenerationConfig(Section):
+    max_new_tokens: int = Field(32, ge=1, le=32768, description="Tokens generated per prompt.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch (halved automatically on out-of-memory).")
+    do_sample: bool = Field(False, description="Sample instead of greedy decoding.")
+    temperature: float = Field(1.0, gt=0, description="Sampling temperature (do_sample only).")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling mass (do_sample only).")
+    seed: int = Field(0, description="Seed for sampling.")
+    chat_template_kwargs: dict[str, Any] = Field(default_factory=lambda: {"enable_thinking": False}, description="Passed to the tokenizer's chat template.")
+
+
+class RoutingConfig(Section):
+    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: 'hf' (transformers) or 'vllm'.")
+    mode: Literal["inline", "two_phase"] = Field("inline", description="Record during generation, or generate first and record in a teacher-forced pass.")
+    split: Literal["train", "eval", "all"] = Field("train", description="Which prompt split to collect routing on.")
+    record_logits: bool = Field(False, description="Also store router logits (fp16); large.")
+    record_weights: bool = Field(False, description="Also store the top-k routing weights.")
+    shard_sequences: int = Field(64, ge=1, description="Sequences per store shard (the unit of resume).")
+
+
+class AnalysisConfig(Section):
+    segment: Literal["prompt", "generation", "all"] = Field("all", description="Which tokens to count.")
+    weighting: Literal["token", "sequence", "batch"] = Field("token", description="Token counts, equal weight per sequence, or the seed's per-batch averaging.")
+    behaviour_filter: bool = Field(False, description="Keep only unsafe prompts the model complied with and safe prompts it answered.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+
+
+class SelectionConfig(Section):
+    strategy: Literal["threshold", "per_layer_cap", "significance", "top_p", "random"] = Field("threshold", description="How to choose experts from the risk table.")
+    threshold: float = Field(0.05, ge=-1, le=1, description="Minimum risk difference (or CI lower bound for 'significance').")
+    top_k: int = Field(16, ge=1, description="Most experts to select.")
+    per_layer_cap: int = Field(4, ge=1, description="Most experts per layer ('per_layer_cap').")
+    alpha: float = Field(0.05, gt=0, lt=1, description="Largest BH q-value ('significance').")
+    top_p: float = Field(0.5, gt=0, le=1, description="Cumulative share of positive risk per layer ('top_p').")
+    seed: int = Field(0, description="Seed of the random baseline.")
+
+
+class FinetuneConfig(Section):
+    zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
+    precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
+    learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate.")
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay (applies to trained experts only).")
+    epochs: int = Field(3, ge=1, description="Passes over the training mix.")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(8, ge=1, description="Micro-batch size per process.")
+    gradient_accumulation: int = Field(1, ge=1, description="Micro-batches per optimizer step.")
+    warmup_steps: int = Field(5, ge=0, description="Linear warm-up steps.")
+    max_length: int = Field(128, ge=8, description="Longest training sequence in tokens.")
+    safe_fraction: float = Field(0.5, ge=0, le=1, description="Share of benign examples (base model's own answers) in the mix.")
+    refusal_templates: list[str] | None = Field(None, description="Refusal targets; '{topic}' is filled from the prompt. Built-in set when empty.")
+    routing_regulariser: float = Field(0.0, ge=0, description="Weight of a KL term keeping benign routing near the base model.")
+    offload_optimizer: bool = Field(False, description="ZeRO CPU offload of optimizer states.")
+    checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: never).")
+    merge: bool = Field(False, description="Also write a merged Hugging Face model folder.")
+    baselines: list[Literal["random", "full"]] = Field(default_factory=lambda: ["random"], description="Baselines trained with the same data and budget.")
+    seed: int = Field(0, description="Training seed.")
+
+
+class EvaluationConfig(Section):
+    split: Literal["eval", "train", "all"] = Field("eval", description="Which prompt split to evaluate on.")
+    judges: list[str] = Field(default_factory=lambda: ["string_match"], description="Judges to run; the first decides the metrics.")
+    max_new_tokens: int = Field(32, ge=1, description="Tokens generated per evaluation prompt.")
+    batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
+    steering: bool = Field(True, description="Also evaluate SteerMoE-style inference-time steering.")
+    llm_judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the 'llm' judge.")
+    llm_judge_model: str | None = Field(None, description="Model name at that endpoint.")
+
+
+class TrackingConfig(Section):
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; empty: a SQLite store under the cache dir.")
+    experiment: str = Field("steermoe", description="MLflow experiment name.")
+    registered_model: str = Field("steermoe-demo", description="Registered model name for candidates.")
+    promotion_margin: float = Field(0.05, ge=0, le=1, description="Refusal rate a challenger must gain over the champion.")
+    over_refusal_tolerance: float = Field(0.05, ge=0, le=1, description="Extra over-refusal a challenger may have.")
+    utility_tolerance: float = Field(0.1, ge=0, description="Extra loss on benign answers a challenger may have.")
+
+
+class RunConfig(Section):
+    run_name: str = Field("demo", description="Name of this run (MLflow run and output folder).")
+    seed: int = Field(0, description="Global seed.")
+    cache_dir: Path = Field(default_factory=default_cache_dir, description="Where built models and stage results are cached.")
+    output_dir: Path = Field(Path("runs"), description="Where run outputs (stores, tables, patches, reports) are written.")
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    generation: GenerationConfig = Field(default_factory=GenerationConfig)
+    routing: RoutingConfig = Field(default_factory=RoutingConfig)
+    analysis: AnalysisConfig = Field(default_factory=AnalysisConfig)
+    selection: SelectionConfig = Field(default_factory=SelectionConfig)
+    finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
+    evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+
+    @field_validator("run_name")
+    @classmethod
+    def _safe_name(cls, v: str) -> str:
+        if not v or any(c in v for c in "/\\") or v.startswith("."):
+            raise ValueError("must be a plain name (no slashes, not starting with '.')")
+        return v
+
+    def check_against_model(self, num_layers: int, num_experts: int) -> None:
+        """Reject settings impossible for this model (found once its config is known)."""
+        total = num_layers * num_experts
+        if self.selection.top_k > total:
+            raise ConfigError(
+                f"selection.top_k: {self.selection.top_k} exceeds the model's {total} experts "
+                f"({num_layers} MoE layers x {num_experts}); lower it"
+            )
+        if self.selection.per_layer_cap > num_experts:
+            raise ConfigError(
+                f"selection.per_layer_cap: {self.selection.per_layer_cap} exceeds {num_experts} experts per layer"
+            )
+
+    def section_dict(self, name: str) -> dict:
+        return getattr(self, name).model_dump(mode="json")
+
+
+def format_validation_error(err: ValidationError, origin: str = "config") -> str:
+    """One line: the first failing key path and why (plus a count of the others)."""
+    errors = err.errors()
+    first = errors[0]
+    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    reason = first["msg"]
+    if first["type"] == "extra_forbidden":
+        reason = "unknown key"
+    elif first["type"] == "missing":
+        reason = "required key is missing"
+    more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
+    return f"{origin}: {path}: {reason}{more}"
+
+
+def _set_dotted(data: dict, dotted: str, value: Any) -> None:
+    keys = dotted.split(".")
+    node = data
+    for key in keys[:-1]:
+        child = node.get(key)
+        if child is None:
+            child = node[key] = {}
+        if not isinstance(child, dict):
+            raise ConfigError(f"override {dotted}: {key} is not a section")
+        node = child
+    node[keys[-1]] = value
+
+
+def apply_overrides(data: dict, overrides: list[str]) -> dict:
+    """Apply ``key.path=value`` strings; values are parsed as YAML (``3e-4``, ``[a, b]``, ``true``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r}: expected key.path=value")
+        key, _, raw = item.partition("=")
+        try:
+            value = yaml.safe_load(raw) if raw else None
+        except yaml.YAMLError:
+            value = raw
+        _set_dotted(data, key.strip(), value)
+    return data
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RunConfig:
+    """Read a YAML config (or the demo defaults when ``path`` is None) and apply overrides."""
+    data: dict = {}
+    origin = "config"
+    if path is not None:
+        path = Path(path)
+        origin = str(path)
+        if not path.exists():
+            raise ConfigError(f"{path}: no such config file")
+        if path.is_dir():
+            raise ConfigError(f"{path}: is a directory, expected a YAML file")
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark else ""
+            raise ConfigError(f"{path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        except UnicodeDecodeError:
+            raise ConfigError(f"{path}: not UTF-8 text") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+    data = apply_overrides(data, overrides or [])
+    try:
+        config = RunConfig.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(format_validation_error(e, origin)) from None
+    if config.model.source == "demo":
+        from steermoe.demo.recipe import DEMO_SHAPE
+
+        config.check_against_model(DEMO_SHAPE["num_layers"], DEMO_SHAPE["num_experts"])
+    return config

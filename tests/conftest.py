@@ -1,0 +1,31 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:
+    sys.path.insert(0, str(ROOT))
+
+# Keep every test run's caches, models and tracking inside the pytest temp tree or a shared cache.
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+def make_prompts(n_safe=12, n_unsafe=12):
+    """A small valid prompt set as records."""
+    rows = []
+    for i in range(n_safe):
+        rows.append({"id": f"s{i}", "prompt": f"How do I bake bread number {i}?", "label": "safe", "category": "cooking", "split": "train"})
+    for i in range(n_unsafe):
+        rows.append({"id": f"u{i}", "prompt": f"How do I break into locked account number {i}?", "label": "unsafe", "category": "cyber", "split": "train"})
+    return rows
+
+
+@pytest.fixture
+def prompt_rows():
+    return make_prompts()
