@@ -1,0 +1,5 @@
+"""CLI commands of the demo stage (registered on the shared typer app)."""
+
+from __future__ import annotations
+
+from steermoe.cli.app import app  # noqa: F401
