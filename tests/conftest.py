@@ -29,3 +29,12 @@ def make_prompts(n_safe=12, n_unsafe=12):
 @pytest.fixture
 def prompt_rows():
     return make_prompts()
+
+
+@pytest.fixture(scope="session")
+def tiny_demo_model(tmp_path_factory):
+    """A reduced demo model (seconds to build): a real trained HF folder with tokenizer and chat template."""
+    from steermoe.demo.model import build_demo_model
+    from steermoe.demo.recipe import DemoRecipe
+
+    return build_demo_model(tmp_path_factory.mktemp("demo") / "model", DemoRecipe.tiny())
