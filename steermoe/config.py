@@ -107,10 +107,11 @@ class AnalysisConfig(Section):
     weighting: Literal["token", "sequence", "batch"] = Field("token", description="Token counts, equal weight per sequence, or the seed's per-batch averaging.")
     behaviour_filter: bool = Field(False, description="Keep only unsafe prompts the model complied with and safe prompts it answered.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the intervals.")
+    batch_size: int = Field(16, ge=2, description="Prompts per batch for weighting='batch' (half safe, half unsafe, as the seed).")
 
 
 class SelectionConfig(Section):
-    strategy: Literal["threshold", "per_layer_cap", "significance", "top_p", "random"] = Field("threshold", description="How to choose experts from the risk table.")
+    strategy: Literal["threshold", "per_layer_cap", "significance", "top_p", "random", "signed"] = Field("threshold", description="How to choose experts from the risk table.")
     threshold: float = Field(0.05, ge=-1, le=1, description="Minimum risk difference (or CI lower bound for 'significance').")
     top_k: int = Field(16, ge=1, description="Most experts to select.")
     per_layer_cap: int = Field(4, ge=1, description="Most experts per layer ('per_layer_cap').")
@@ -138,6 +139,13 @@ class FinetuneConfig(Section):
     merge: bool = Field(False, description="Also write a merged Hugging Face model folder.")
     baselines: list[Literal["random", "full"]] = Field(default_factory=lambda: ["random"], description="Baselines trained with the same data and budget.")
     seed: int = Field(0, description="Training seed.")
+    gradient_clipping: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
+    heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the training mix held out to measure loss before and after training.")
+    num_processes: int = Field(1, ge=1, description="Training processes; more than 1 starts them with the `deepspeed` launcher (one per GPU, or gloo on CPU).")
+    device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu' or 'cuda'; each process takes the GPU of its local rank.")
+    refusal_endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) that writes refusals; templates when empty.")
+    refusal_endpoint_model: str | None = Field(None, description="Model name at refusal_endpoint.")
+    answer_max_new_tokens: int = Field(48, ge=1, description="Tokens the base model generates per safe training prompt (its answer is the benign target).")
 
 
 class EvaluationConfig(Section):
@@ -149,15 +157,22 @@ class EvaluationConfig(Section):
     steering: bool = Field(True, description="Also evaluate SteerMoE-style inference-time steering.")
     llm_judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the 'llm' judge.")
     llm_judge_model: str | None = Field(None, description="Model name at that endpoint.")
+    llm_judge_api_key_env: str = Field("STEERMOE_JUDGE_API_KEY", description="Environment variable holding the endpoint's API key (empty: none).")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
+    seed: int = Field(0, description="Seed of the bootstrap resampling.")
+    routing_drift: bool = Field(True, description="Measure routing drift from the base model on benign prompts.")
+    steering_selection: str | None = Field(None, description="Expert selection JSON to steer with (default: the run's selection.json).")
+    steering_epsilon: float = Field(0.01, gt=0, description="How far above the max / below the min steered log-probabilities are set.")
 
 
 class TrackingConfig(Section):
-    mlflow_uri: str | None = Field(None, description="MLflow tracking URI; empty: a SQLite store under the cache dir.")
+    mlflow_uri: str | None = Field(None, description="MLflow tracking URI (file, sqlite:// or http://); empty: $MLFLOW_TRACKING_URI, else a SQLite store under the cache dir.")
     experiment: str = Field("steermoe", description="MLflow experiment name.")
     registered_model: str = Field("steermoe-demo", description="Registered model name for candidates.")
     promotion_margin: float = Field(0.05, ge=0, le=1, description="Refusal rate a challenger must gain over the champion.")
     over_refusal_tolerance: float = Field(0.05, ge=0, le=1, description="Extra over-refusal a challenger may have.")
     utility_tolerance: float = Field(0.1, ge=0, description="Extra loss on benign answers a challenger may have.")
+    log_base_weights: bool = Field(False, description="Also copy the base model's weights into each registered version (self-contained, but large for real models).")
 
 
 class RunConfig(Section):
