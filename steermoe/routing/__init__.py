@@ -1,5 +1,25 @@
-"""Routing collection: record which experts every MoE layer chose for every token."""
+"""Routing collection: record which experts every MoE layer chose for every token.
 
-from steermoe.routing.store import GENERATION, PROMPT, RoutingShard, RoutingStore, RoutingStoreWriter
+Heavy imports (torch, transformers) happen inside functions, so importing this package is cheap.
+"""
 
-__all__ = ["PROMPT", "GENERATION", "RoutingShard", "RoutingStore", "RoutingStoreWriter"]
+from steermoe.routing.collect import collect_routing, run_collection
+from steermoe.routing.recorder import Capture, RouterRecorder
+from steermoe.routing.records import SequenceRouting, shard_tables, trim_generated
+from steermoe.routing.store import GENERATION, PROMPT, SEGMENTS, RoutingShard, RoutingStore, RoutingStoreWriter
+
+__all__ = [
+    "PROMPT",
+    "GENERATION",
+    "SEGMENTS",
+    "RoutingShard",
+    "RoutingStore",
+    "RoutingStoreWriter",
+    "RouterRecorder",
+    "Capture",
+    "SequenceRouting",
+    "shard_tables",
+    "trim_generated",
+    "collect_routing",
+    "run_collection",
+]

@@ -6,6 +6,15 @@ Layout of a store folder::
     shard-00000.tokens.parquet     one row per recorded token
     shard-00000.sequences.parquet  one row per sequence
 
+Sequence rows: ``seq``, ``prompt_id``, ``label``, ``category``, ``split``, ``source``, ``prompt_token_ids``,
+``generated_token_ids`` (up to and including EOS), ``generated_text``, ``prompt_tokens`` / ``generated_tokens``
+(recorded counts), ``stop`` ("eos" or "length"). The generation segment holds the generated tokens before
+EOS, each recorded where it was the model's input (see :mod:`steermoe.routing.records`).
+
+The manifest's ``model`` section has the fingerprint, the MoE ``layers`` (the model's own decoder-layer
+indices; dense layers such as DeepSeek-V3's ``first_k_dense_replace`` ones are listed in ``dense_layers`` and
+have no routing), ``num_experts``, ``top_k`` and ``shared_experts`` (always active, never counted as routed).
+
 Token rows: ``seq`` (global sequence number), ``segment`` (0 prompt, 1 generation), ``position``
 (within its segment), ``token_id``, ``experts`` (fixed-size list of ``layers * top_k`` int16, layer
 major, in the router's order), optionally ``weights`` (fp16, same shape) and ``logits`` (fp16,
@@ -224,11 +233,13 @@ class RoutingStoreWriter:
                 done.add(int(name.split("-")[1]))
         return done
 
-    def write_shard(self, index: int, sequences: pd.DataFrame, tokens: pa.Table) -> None:
+    def write_shard(self, index: int, sequences: pd.DataFrame | pa.Table, tokens: pa.Table) -> None:
         name = self.shard_name(index)
         seq_path = self.path / f"{name}.sequences.parquet"
         tok_path = self.path / f"{name}.tokens.parquet"
-        _atomic_write_parquet(pa.Table.from_pandas(sequences, preserve_index=False), seq_path)
+        if isinstance(sequences, pd.DataFrame):
+            sequences = pa.Table.from_pandas(sequences, preserve_index=False)
+        _atomic_write_parquet(sequences, seq_path)
         _atomic_write_parquet(tokens, tok_path)
         segment = tokens.column("segment").to_numpy()
         self.manifest["shards"][name] = {

@@ -1,0 +1,183 @@
+"""Collect routing for a prompt set into a store: sharding, resume, progress; the HF backend by default.
+
+A backend is a function ``run_batch(prompt_token_ids, first_seq) -> list[SequenceRouting]``; the
+driver cuts the prompts into shards of ``shard_sequences`` (the unit of resume), each shard into
+batches that never cross a shard boundary, so a resumed run recomputes exactly the same batches as
+an uninterrupted one and writes byte-identical shards.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from steermoe.errors import InputError
+from steermoe.routing.hf_backend import (
+    HFGenerationParams,
+    eos_ids_of,
+    generate_batch,
+    inline_batch,
+    split_on_oom,
+    teacher_forced_batch,
+)
+from steermoe.routing.recorder import RouterRecorder
+from steermoe.routing.records import SequenceRouting, shard_tables, trim_generated
+from steermoe.routing.store import RoutingStore, RoutingStoreWriter
+
+__all__ = ["collect_routing", "run_collection", "model_header", "tokenizer_fingerprint", "tokenize_prompts"]
+
+GENERATION_SEGMENT = "generated tokens before EOS, each recorded where it was the model's input"
+BatchFn = Callable[[list[list[int]], int], list[SequenceRouting]]
+
+
+def tokenizer_fingerprint(tokenizer) -> dict:
+    vocab = sorted(tokenizer.get_vocab().items())
+    digest = hashlib.sha256(json.dumps(vocab).encode())
+    digest.update((getattr(tokenizer, "chat_template", None) or "").encode())
+    return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "fingerprint": digest.hexdigest()[:16]}
+
+
+def _weights_fingerprint(model) -> str:
+    """Hash of config + parameters for a model that is not a saved folder (tests, random benchmarks)."""
+    digest = hashlib.sha256(model.config.to_json_string().encode())
+    for name, p in model.state_dict().items():
+        digest.update(name.encode())
+        digest.update(p.detach().float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def model_header(model, recorder: RouterRecorder, fingerprint: str | None = None) -> dict:
+    from steermoe.modeling import model_fingerprint
+
+    if fingerprint is None:
+        path = Path(str(getattr(model.config, "_name_or_path", "") or ""))
+        has_weights = path.is_dir() and any(path.glob("*.safetensors"))
+        fingerprint = model_fingerprint(path) if has_weights else _weights_fingerprint(model)
+    dense = [i for i in range(len(model.model.layers)) if i not in set(recorder.layers)]
+    return {
+        "fingerprint": fingerprint,
+        "model_type": model.config.model_type,
+        "layers": recorder.layers,
+        "dense_layers": dense,
+        "num_experts": recorder.num_experts,
+        "top_k": recorder.top_k,
+        "shared_experts": list(recorder.adapter.shared),  # always active; never counted as routed
+        "dtype": str(next(model.parameters()).dtype).replace("torch.", ""),
+    }
+
+
+def tokenize_prompts(tokenizer, prompts_df: pd.DataFrame, chat_template_kwargs: dict | None) -> list[list[int]]:
+    from steermoe.modeling import render_chat
+    from steermoe.prompts import to_messages
+
+    if not getattr(tokenizer, "chat_template", None):
+        raise InputError(f"tokenizer {getattr(tokenizer, 'name_or_path', '')!r} has no chat template; routing answers chat prompts")
+    rendered = [render_chat(tokenizer, to_messages(row), chat_template_kwargs) for row in prompts_df.to_dict("records")]
+    return [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+
+
+def run_collection(
+    prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, header: dict, run_batch: BatchFn, *,
+    batch_size: int, shard_sequences: int, progress: bool = True, on_shard: Callable[[int], None] | None = None,
+) -> RoutingStore:
+    """Backend-independent driver: write every missing shard, then finish the manifest."""
+    from tqdm.auto import tqdm
+
+    writer = RoutingStoreWriter(out_dir, header)
+    n = len(prompts_df)
+    shards = list(range((n + shard_sequences - 1) // shard_sequences))
+    done = writer.done_shards()
+    rows = prompts_df.to_dict("records")
+    bar = tqdm(total=n, desc="routing", unit="seq", disable=not progress)
+    bar.update(sum(min(shard_sequences, n - s * shard_sequences) for s in shards if s in done))
+    tokens, started, state = 0, time.perf_counter(), {"batch_size": batch_size, "tokens": 0}
+    for s in shards:
+        if s in done:
+            continue
+        lo, hi = s * shard_sequences, min(n, (s + 1) * shard_sequences)
+
+        def run(chunk, offset, lo=lo):
+            out = run_batch(chunk, lo + offset)
+            state["tokens"] += sum(len(r.prompt_experts) + len(r.generated_experts) for r in out)
+            bar.update(len(chunk))
+            bar.set_postfix(tok_s=f"{state['tokens'] / max(time.perf_counter() - started, 1e-9):.0f}")
+            return out
+
+        routed, state["batch_size"] = split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], state["batch_size"])
+        sequences, table = shard_tables(lo, rows[lo:hi], routed)
+        writer.write_shard(s, sequences, table)
+        tokens += table.num_rows
+        if on_shard:
+            on_shard(s)
+    bar.close()
+    elapsed = time.perf_counter() - started
+    return writer.finish(
+        shards, seconds=round(elapsed, 3), recorded_tokens_this_run=tokens,
+        tokens_per_second=round(tokens / elapsed, 1) if elapsed > 0 and tokens else None, final_batch_size=state["batch_size"],
+    )
+
+
+def collect_routing(
+    model, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
+    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
+    shard_sequences: int = 64, mode: str = "inline", progress: bool = True,
+    generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
+    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None,
+) -> RoutingStore:
+    """Answer every prompt with ``model`` and record the routing of every prompt and generated token.
+
+    ``mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
+    ``generate_fn(prompt_token_ids, first_seq)`` if given, e.g. a compiled or vLLM engine; else plain HF
+    ``generate`` with ``generate_kwargs``) and records in one teacher-forced forward per batch.
+    Re-running with the same arguments resumes: only missing shards are computed.
+    """
+    from steermoe.prompts import fingerprint as prompts_fingerprint
+
+    if mode not in ("inline", "two_phase"):
+        raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
+    if len(prompts_df) == 0:
+        raise InputError("no prompts to collect routing on; check routing.split and the prompt sources")
+    if tokenizer.pad_token_id is None:
+        raise InputError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token)")
+    params = HFGenerationParams(max_new_tokens, do_sample, temperature, top_p, seed, dict(generate_kwargs or {}))
+    prompt_ids = tokenize_prompts(tokenizer, prompts_df, chat_template_kwargs)
+    with RouterRecorder(model, logits=record_logits, weights=record_weights) as recorder:
+        header = {
+            "model": model_header(model, recorder, fingerprint),
+            "tokenizer": tokenizer_fingerprint(tokenizer),
+            "generation": {
+                "backend": "hf", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+                "temperature": temperature, "top_p": top_p, "seed": seed, "chat_template_kwargs": chat_template_kwargs or {},
+                "generation_segment": GENERATION_SEGMENT,
+            },
+            "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
+            "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
+        }
+        eos = eos_ids_of(model, tokenizer)
+
+        def inline(chunk, first_seq):
+            return inline_batch(model, tokenizer, recorder, chunk, replace(params, seed=seed + first_seq))
+
+        def two_phase(chunk, first_seq):
+            recorder.enabled = False  # generation is not recorded in this mode
+            try:
+                if generate_fn is not None:
+                    generated = [trim_generated(g, eos, max_new_tokens)[0] for g in generate_fn(chunk, first_seq)]
+                else:
+                    generated = generate_batch(model, tokenizer, chunk, replace(params, seed=seed + first_seq))
+            finally:
+                recorder.enabled = True
+            return teacher_forced_batch(model, tokenizer, recorder, chunk, generated, eos)
+
+        return run_collection(
+            prompts_df, prompt_ids, out_dir, header, inline if mode == "inline" else two_phase,
+            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
+        )
