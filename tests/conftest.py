@@ -14,6 +14,9 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# On two cores torch's intra-op threads spin against each other (and against subprocesses):
+# one thread per process is many times faster for the tiny models the tests use.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 def make_prompts(n_safe=12, n_unsafe=12):

@@ -1,5 +1,167 @@
-"""CLI commands of the evaluation stage (registered on the shared typer app)."""
+"""CLI commands of the evaluation stage: ``steermoe evaluate`` (one model) and ``steermoe compare``."""
 
 from __future__ import annotations
 
-from steermoe.cli.app import app  # noqa: F401
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from steermoe.cli.app import app, console
+
+__all__ = ["evaluate", "compare", "load_eval_prompts", "metrics_table"]
+
+
+def load_eval_prompts(cfg):
+    """The prompts of ``evaluation.split`` from the configured sources ('demo' or a list of files)."""
+    from steermoe.errors import InputError
+    from steermoe.prompts import PromptSource, load_prompt_sources
+
+    if cfg.prompts.sources == "demo":
+        from steermoe.demo.prompt_sets import load_demo_prompts
+
+        prompts = load_demo_prompts()
+    else:
+        prompts = load_prompt_sources(PromptSource(**s.model_dump()) for s in cfg.prompts.sources)
+    if cfg.evaluation.split != "all":
+        prompts = prompts[prompts["split"] == cfg.evaluation.split].reset_index(drop=True)
+    if len(prompts) == 0:
+        raise InputError(f"evaluation.split: no prompts with split {cfg.evaluation.split!r}; set evaluation.split=all or add a split")
+    return prompts
+
+
+def metrics_table(table) -> Table:
+    from steermoe.evaluation.comparison import TABLE_METRICS
+
+    shown = [m for m in TABLE_METRICS if table[m].notna().any()]
+    out = Table(title="evaluation")
+    out.add_column("model")
+    for m in shown:
+        out.add_column(m, justify="right")
+    for _, row in table.iterrows():
+        out.add_row(row["model"], *[f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]" if row[m] == row[m] else "n/a" for m in shown])
+    return out
+
+
+def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
+    from steermoe.errors import InputError
+
+    out = {}
+    for item in items or []:
+        name, sep, value = item.partition("=")
+        if not sep or not name or not value:
+            raise InputError(f"{option} {item!r}: expected NAME=PATH")
+        if name in out:
+            raise InputError(f"{option}: the name {name!r} is given twice")
+        out[name] = value
+    return out
+
+
+def _existing(path: str | Path, option: str) -> Path:
+    from steermoe.errors import InputError
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{option} {path}: does not exist")
+    return path
+
+
+@app.command()
+def evaluate(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
+    model: Optional[Path] = typer.Option(None, "--model", help="A Hugging Face model folder to evaluate (default: the config's model)."),
+    patch: Optional[Path] = typer.Option(None, "--patch", help="An expert patch to apply to the config's model, then evaluate."),
+    selection: Optional[Path] = typer.Option(None, "--steer", help="Evaluate with SteerMoE steering by this expert selection JSON."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/evaluation)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
+) -> None:
+    """Answer the evaluation prompts, judge refusals, and measure over-refusal, utility and routing drift."""
+    from steermoe.config import load_config
+    from steermoe.errors import InputError
+    from steermoe.evaluation.comparison import ModelEntry
+    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
+    from steermoe.selection import ExpertSelection
+
+    if model is not None and patch is not None:
+        raise InputError("--model and --patch: give one of them (a full model folder, or a patch on the config's model)")
+    cfg = load_config(config, overrides or [])
+    prompts = load_eval_prompts(cfg)
+    base_path = resolve_model_path(cfg.model, cfg.cache_dir)
+    m = cfg.model
+    tokenizer = load_tokenizer(base_path, m.trust_remote_code)
+    base = load_model(base_path, m.dtype, m.device, m.trust_remote_code)
+    entries = {"base": ModelEntry(lambda: (base, tokenizer))}
+    name = "base"
+    if model is not None:
+        name = "model"
+        entries[name] = ModelEntry(lambda: (load_model(_existing(model, "--model"), m.dtype, m.device, m.trust_remote_code), load_tokenizer(model)))
+    elif patch is not None:
+        from steermoe.finetune import load_patched_model
+
+        name = "patched"
+        entries[name] = ModelEntry(lambda: (load_patched_model(base_path, _existing(patch, "--patch"), m.dtype, m.device), tokenizer))
+    if selection is not None:
+        steered = ExpertSelection.from_json(_existing(selection, "--steer"))
+        target = entries[name]
+        name = f"{name}+steered" if name != "base" else "steered"
+        entries[name] = ModelEntry(target.load, steering=steered, epsilon=cfg.evaluation.steering_epsilon)
+    out = out or Path(cfg.output_dir) / cfg.run_name / "evaluation"
+    result = _run(cfg, entries, prompts, out)
+    console.print(metrics_table(result.table))
+    console.print(f"wrote {result.paths['markdown']}, {result.paths['json']} and {result.paths['png']}")
+
+
+@app.command()
+def compare(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
+    patches: Optional[list[str]] = typer.Option(None, "--patch", help="NAME=PATH of an expert patch on the base (repeatable)."),
+    models: Optional[list[str]] = typer.Option(None, "--model", help="NAME=PATH of a full model folder (repeatable)."),
+    steers: Optional[list[str]] = typer.Option(None, "--steer", help="NAME=SELECTION_JSON: the base steered by a selection (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/comparison)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
+) -> None:
+    """Evaluate the base and every given model (steered, expert-/random-/fully fine-tuned) on the same prompts and judges."""
+    from steermoe.config import load_config
+    from steermoe.errors import InputError
+    from steermoe.evaluation.comparison import ModelEntry
+    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
+    from steermoe.selection import ExpertSelection
+
+    named = {"--patch": _pairs(patches, "--patch"), "--model": _pairs(models, "--model"), "--steer": _pairs(steers, "--steer")}
+    seen: set[str] = {"base"}
+    for option, pairs in named.items():
+        clash = seen & set(pairs)
+        if clash:
+            raise InputError(f"{option}: name(s) {sorted(clash)} already used; give every entry its own name")
+        seen |= set(pairs)
+    cfg = load_config(config, overrides or [])
+    prompts = load_eval_prompts(cfg)
+    base_path = resolve_model_path(cfg.model, cfg.cache_dir)
+    m = cfg.model
+    tokenizer = load_tokenizer(base_path, m.trust_remote_code)
+    base = load_model(base_path, m.dtype, m.device, m.trust_remote_code)
+    entries = {"base": ModelEntry(lambda: (base, tokenizer))}
+    for name, path in named["--steer"].items():
+        entries[name] = ModelEntry(lambda: (base, tokenizer), ExpertSelection.from_json(_existing(path, "--steer")), cfg.evaluation.steering_epsilon)
+    for name, path in named["--patch"].items():
+        from steermoe.finetune import load_patched_model
+
+        entries[name] = ModelEntry(lambda p=_existing(path, "--patch"): (load_patched_model(base_path, p, m.dtype, m.device), tokenizer))
+    for name, path in named["--model"].items():
+        entries[name] = ModelEntry(lambda p=_existing(path, "--model"): (load_model(p, m.dtype, m.device, m.trust_remote_code), load_tokenizer(p)))
+    out = out or Path(cfg.output_dir) / cfg.run_name / "comparison"
+    result = _run(cfg, entries, prompts, out)
+    console.print(metrics_table(result.table))
+    console.print(f"wrote {result.paths['markdown']}, {result.paths['json']} and {result.paths['png']}")
+
+
+def _run(cfg, entries, prompts, out: Path):
+    from steermoe.evaluation.comparison import compare_models, judge_options, resolve_judges
+
+    e = cfg.evaluation
+    judges = resolve_judges(e.judges, judge_options(e))
+    return compare_models(
+        entries, prompts, judges, out, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, drift=e.routing_drift,
+        bootstrap_samples=e.bootstrap_samples, confidence=e.confidence, seed=e.seed, chat_template_kwargs=cfg.generation.chat_template_kwargs,
+    )

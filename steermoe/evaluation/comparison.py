@@ -1,0 +1,365 @@
+"""Evaluating one model and comparing several on the same prompts and judges.
+
+:func:`evaluate_responses` judges answers that already exist; :func:`evaluate_model` generates them
+first (``steermoe.modeling.generate``) and adds utility and routing drift against a base model;
+:func:`compare_models` runs it for every entry (base, steered, fine-tuned, baselines) and writes a
+Markdown table, JSON and a PNG chart with confidence-interval error bars.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steermoe.errors import InputError
+from steermoe.evaluation.judges import Judge, make_judge
+from steermoe.evaluation.metrics import MetricValue, agreement, answer_losses, compute_metrics, expert_usage, routing_drift
+from steermoe.prompts import to_messages, user_text
+from steermoe.selection import ExpertSelection
+
+__all__ = [
+    "BaseReference",
+    "EvalResult",
+    "ModelEntry",
+    "ComparisonResult",
+    "resolve_judges",
+    "judge_options",
+    "evaluate_responses",
+    "base_reference",
+    "evaluate_model",
+    "compare_models",
+    "TABLE_METRICS",
+    "comparison_table",
+    "write_comparison",
+]
+
+# Columns of the comparison table and chart, in order.
+TABLE_METRICS = ("refusal_rate", "over_refusal", "over_refusal_safe", "over_refusal_borderline", "utility_loss", "utility_loss_delta", "routing_drift")
+
+
+@dataclass
+class EvalResult:
+    """Metrics (first judge decides ``refused``), per-prompt responses and judge agreement."""
+
+    name: str
+    judge: str
+    metrics: dict[str, MetricValue]
+    responses: pd.DataFrame
+    agreement: pd.DataFrame
+    drift_per_layer: list[float] | None = None
+    reference: BaseReference | None = field(default=None, repr=False)  # set when this model was its own base
+
+    def to_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "judge": self.judge,
+            "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
+            "agreement": self.agreement.to_dict("records"),
+            "drift_per_layer": self.drift_per_layer,
+        }
+
+
+def judge_options(evaluation_cfg) -> dict[str, dict]:
+    """Constructor options per judge name from an ``EvaluationConfig`` (the LLM judge's endpoint;
+    its API key is read from the environment variable the config names, never from the config)."""
+    import os
+
+    env = evaluation_cfg.llm_judge_api_key_env
+    key = os.environ.get(env, "") if env else ""
+    return {"llm": {"base_url": evaluation_cfg.llm_judge_url, "model": evaluation_cfg.llm_judge_model, "api_key": key}}
+
+
+def resolve_judges(judges: Sequence[Judge | str], options: Mapping[str, dict] | None = None) -> list[Judge]:
+    """Judge instances from instances or registry names (``options[name]`` are constructor kwargs)."""
+    out = [j if isinstance(j, Judge) else make_judge(j, **dict((options or {}).get(j, {}))) for j in judges]
+    if not out:
+        raise ValueError("at least one judge is needed")
+    return out
+
+
+def evaluate_responses(
+    frame: pd.DataFrame,
+    judges: Sequence[Judge | str],
+    *,
+    name: str = "model",
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+) -> EvalResult:
+    """Judge existing answers. ``frame`` needs ``prompt``, ``response``, ``label`` and ``category``;
+    loss columns (``loss_sum``, ``loss_tokens``, ``base_loss_sum``) add the utility metrics."""
+    judges = resolve_judges(judges)
+    frame = frame.copy()
+    prompts, responses = frame["prompt"].fillna("").tolist(), frame["response"].fillna("").tolist()
+    decisions = {}
+    for judge in judges:
+        verdicts = judge.judge_batch(prompts, responses)
+        frame[f"refused_{judge.name}"] = [v.refused for v in verdicts]
+        frame[f"score_{judge.name}"] = [v.score for v in verdicts]
+        frame[f"reason_{judge.name}"] = [v.reason for v in verdicts]
+        if any(v.harm is not None for v in verdicts):
+            frame[f"harm_{judge.name}"] = [v.harm for v in verdicts]
+        decisions[judge.name] = frame[f"refused_{judge.name}"].tolist()
+    frame["refused"] = frame[f"refused_{judges[0].name}"]
+    metrics = compute_metrics(frame, samples=bootstrap_samples, confidence=confidence, seed=seed)
+    return EvalResult(name, judges[0].name, metrics, frame, agreement(decisions))
+
+
+@dataclass
+class BaseReference:
+    """The base model's answers to the benign prompts, their loss under the base, and its expert usage."""
+
+    ids: list[str]
+    prompt_ids: list[list[int]]
+    answer_ids: list[list[int]]
+    loss_sum: np.ndarray
+    loss_tokens: np.ndarray
+    usage: np.ndarray | None = None  # (sequences, layers, experts)
+
+
+def _token_ids(tokenizer, safe: pd.DataFrame, chat_template_kwargs: dict | None) -> tuple[list[list[int]], list[list[int]]]:
+    """Prompt and answer token ids of answer rows that carry text only (``prompt``/``messages`` and ``response``)."""
+    from steermoe.modeling import render_chat
+
+    prompt_ids, answer_ids = [], []
+    for row in safe.to_dict("records"):
+        rendered = render_chat(tokenizer, to_messages(row), chat_template_kwargs)
+        prompt_ids.append(tokenizer(rendered, add_special_tokens=False)["input_ids"])
+        answer = tokenizer(row["response"] or "", add_special_tokens=False)["input_ids"]
+        # Generated answers end with EOS; text answers get it back so both are scored alike.
+        answer_ids.append(answer + ([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else []))
+    return prompt_ids, answer_ids
+
+
+def base_reference(
+    base_model, tokenizer, frame: pd.DataFrame, *, batch_size: int = 16, drift: bool = True, chat_template_kwargs: dict | None = None
+) -> BaseReference:
+    """Measure the base model on its own answers to the safe rows of ``frame`` (``id``, ``label`` and
+    either ``prompt_token_ids``/``generated_token_ids`` as :func:`evaluate_model` writes them, or
+    ``prompt``/``messages`` with ``response`` text, which is tokenised here)."""
+    safe = frame[frame["label"] == "safe"]
+    if "generated_token_ids" in safe.columns:
+        prompt_ids = [list(x) for x in safe["prompt_token_ids"]]
+        answer_ids = [list(x) for x in safe["generated_token_ids"]]
+    else:
+        if "response" not in safe.columns:
+            raise InputError("base answers: need generated_token_ids or a response column")
+        prompt_ids, answer_ids = _token_ids(tokenizer, safe, chat_template_kwargs)
+    sums, counts = answer_losses(base_model, tokenizer, prompt_ids, answer_ids, batch_size)
+    usage = expert_usage(base_model, tokenizer, prompt_ids, answer_ids, batch_size) if drift else None
+    return BaseReference(safe["id"].astype(str).tolist(), prompt_ids, answer_ids, sums, counts, usage)
+
+
+def _generate_frame(model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress) -> pd.DataFrame:
+    from steermoe.modeling import generate
+
+    records = prompts_df.to_dict("records")
+    out = generate(
+        model, tokenizer, [to_messages(r) for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
+        chat_template_kwargs=chat_template_kwargs, progress=progress,
+    )
+    return pd.DataFrame(
+        {
+            "id": [str(r["id"]) for r in records],
+            "label": [r.get("label") for r in records],
+            "category": [r.get("category") for r in records],
+            "prompt": [user_text(r) for r in records],
+            "response": out.texts,
+            "prompt_token_ids": out.prompt_token_ids,
+            "generated_token_ids": out.generated_token_ids,
+        }
+    )
+
+
+def evaluate_model(
+    model,
+    tokenizer,
+    prompts_df: pd.DataFrame,
+    judges: Sequence[Judge | str],
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    base_answers: pd.DataFrame | None = None,
+    base_model=None,
+    *,
+    name: str = "model",
+    reference: BaseReference | None = None,
+    drift: bool = True,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    chat_template_kwargs: dict | None = None,
+    progress: bool = True,
+) -> EvalResult:
+    """Generate answers to every prompt, judge them, and measure utility and routing drift.
+
+    Utility compares the loss of the base model's benign answers under ``model`` with their loss
+    under the base. The base answers come from ``reference`` (precomputed, e.g. by
+    :func:`compare_models`), else ``base_answers`` (a frame from an earlier evaluation of the base)
+    scored with ``base_model``, else ``base_model`` answers now; with no base at all, ``model`` is
+    its own base (delta and drift 0).
+    """
+    judges = resolve_judges(judges)
+    frame = _generate_frame(model, tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+    own_base = reference is None and base_model is None
+    if reference is None:
+        base = base_model if base_model is not None else model
+        if base_answers is None:
+            base_answers = frame if own_base else _generate_frame(base, tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+        reference = base_reference(base, tokenizer, base_answers, batch_size=batch_size, drift=drift, chat_template_kwargs=chat_template_kwargs)
+    drift_value = per_layer = None
+    if reference.ids:
+        # Its own base: the reference pass already measured this model.
+        sums, counts = (reference.loss_sum, reference.loss_tokens) if own_base else answer_losses(
+            model, tokenizer, reference.prompt_ids, reference.answer_ids, batch_size
+        )
+        losses = pd.DataFrame({"id": reference.ids, "loss_sum": sums, "loss_tokens": counts, "base_loss_sum": reference.loss_sum})
+        frame = frame.merge(losses, on="id", how="left")
+        if drift and reference.usage is not None:
+            usage = reference.usage if own_base else expert_usage(model, tokenizer, reference.prompt_ids, reference.answer_ids, batch_size)
+            drift_value, per_layer = routing_drift(reference.usage, usage, bootstrap_samples, confidence, seed)
+    result = evaluate_responses(frame, judges, name=name, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
+    if drift_value is not None:
+        result.metrics["routing_drift"] = drift_value
+        result.drift_per_layer = [float(x) for x in per_layer]
+    if own_base:
+        result.reference = reference
+    return result
+
+
+# --- comparison -----------------------------------------------------------------------------------
+
+
+@dataclass
+class ModelEntry:
+    """How to get one model to compare: ``load() -> (model, tokenizer)``, optionally steered."""
+
+    load: Callable[[], tuple[Any, Any]]
+    steering: ExpertSelection | None = None
+    epsilon: float = 1e-2  # SteerMoE's margin above the max / below the min log-probability
+
+
+@dataclass
+class ComparisonResult:
+    results: dict[str, EvalResult]
+    table: pd.DataFrame
+    paths: dict[str, Path] = field(default_factory=dict)
+
+
+def _as_entry(entry) -> ModelEntry:
+    return entry if isinstance(entry, ModelEntry) else ModelEntry(load=entry)
+
+
+def compare_models(
+    entries: Mapping[str, ModelEntry | Callable[[], tuple[Any, Any]]],
+    prompts: pd.DataFrame,
+    judges: Sequence[Judge | str],
+    out_dir: str | Path,
+    *,
+    judge_options: Mapping[str, dict] | None = None,
+    base: str = "base",
+    max_new_tokens: int = 32,
+    batch_size: int = 16,
+    drift: bool = True,
+    bootstrap_samples: int = 1000,
+    confidence: float = 0.95,
+    seed: int = 0,
+    chat_template_kwargs: dict | None = None,
+    progress: bool = True,
+) -> ComparisonResult:
+    """Evaluate every entry on the same prompts and judges; ``base`` is evaluated first and is the
+    reference for utility and drift. Writes ``comparison.md``, ``comparison.json``,
+    ``comparison.png`` and ``responses/<name>.jsonl`` under ``out_dir``."""
+    from steermoe.steering import steer
+
+    if base not in entries:
+        raise InputError(f"compare: no entry named {base!r} to use as the base; entries: {sorted(entries)}")
+    judges = resolve_judges(judges, judge_options)
+    out_dir = Path(out_dir)
+    (out_dir / "responses").mkdir(parents=True, exist_ok=True)
+    opts = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bootstrap_samples=bootstrap_samples, confidence=confidence,
+                seed=seed, chat_template_kwargs=chat_template_kwargs, progress=progress, drift=drift)
+    base_entry = _as_entry(entries[base])
+    base_model, base_tok = base_entry.load()
+    results: dict[str, EvalResult] = {}
+    with steer(base_model, base_entry.steering, base_entry.epsilon) if base_entry.steering else nullcontext():
+        results[base] = evaluate_model(base_model, base_tok, prompts, judges, name=base, **opts)
+    reference = results[base].reference
+    for name, raw in entries.items():
+        if name == base:
+            continue
+        entry = _as_entry(raw)
+        model, tok = entry.load()
+        with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
+            results[name] = evaluate_model(model, tok, prompts, judges, name=name, reference=reference, **opts)
+        if model is not base_model:
+            del model
+    table = comparison_table(results)
+    paths = write_comparison(results, table, out_dir)
+    return ComparisonResult(results, table, paths)
+
+
+def comparison_table(results: Mapping[str, EvalResult]) -> pd.DataFrame:
+    """One row per model; for each metric its value and CI bounds (``<metric>``, ``_low``, ``_high``)."""
+    rows = []
+    for name, result in results.items():
+        row: dict[str, Any] = {"model": name, "judge": result.judge}
+        for metric in TABLE_METRICS:
+            value = result.metrics.get(metric)
+            row[metric] = value.value if value else np.nan
+            row[f"{metric}_low"] = value.ci_low if value else np.nan
+            row[f"{metric}_high"] = value.ci_high if value else np.nan
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _markdown(table: pd.DataFrame, results: Mapping[str, EvalResult]) -> str:
+    shown = [m for m in TABLE_METRICS if table[m].notna().any()]
+    lines = ["| model | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    for _, row in table.iterrows():
+        cells = [f"{row[m]:.3f} [{row[f'{m}_low']:.3f}, {row[f'{m}_high']:.3f}]" if pd.notna(row[m]) else "n/a" for m in shown]
+        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
+    first = next(iter(results.values()))
+    lines.append("")
+    lines.append(f"Refusals judged by `{first.judge}`; brackets: bootstrap confidence intervals. Lower is better except refusal_rate.")
+    return "\n".join(lines) + "\n"
+
+
+def write_comparison(results: Mapping[str, EvalResult], table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
+    """Write the table (Markdown, JSON), the chart (PNG) and per-model responses."""
+    paths = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json", "png": out_dir / "comparison.png"}
+    paths["markdown"].write_text(_markdown(table, results), encoding="utf-8")
+    payload = {"models": {name: r.to_dict() for name, r in results.items()}, "table": json.loads(table.to_json(orient="records"))}
+    paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    for name, result in results.items():
+        keep = [c for c in result.responses.columns if c not in ("prompt_token_ids", "generated_token_ids")]
+        result.responses[keep].to_json(out_dir / "responses" / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
+    _chart(table, paths["png"])
+    return paths
+
+
+def _chart(table: pd.DataFrame, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    shown = [m for m in TABLE_METRICS if table[m].notna().any()]
+    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
+    x = np.arange(len(table))
+    for ax, metric in zip(axes[0], shown):
+        values = table[metric].to_numpy(float)
+        low = np.nan_to_num(values - table[f"{metric}_low"].to_numpy(float), nan=0.0).clip(min=0)
+        high = np.nan_to_num(table[f"{metric}_high"].to_numpy(float) - values, nan=0.0).clip(min=0)
+        ax.bar(x, np.nan_to_num(values), yerr=[low, high], capsize=3, color=plt.cm.tab10(x % 10))
+        ax.set_xticks(x, table["model"], rotation=40, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
