@@ -28,7 +28,8 @@ test: $(STAMP)
 	$(VENV)/bin/pytest -q
 
 bench: $(STAMP)
-	$(PY) -m benchmarks.run_all
+	OMP_NUM_THREADS=1 $(PY) -m benchmarks.analysis_bench --seed-tokens 1000
+	OMP_NUM_THREADS=1 $(PY) benchmarks/routing_bench.py --device cpu --shape demo --threads 1
 
 clean:
 	rm -rf $(VENV) runs
