@@ -2,11 +2,74 @@
 
 from __future__ import annotations
 
-__all__ = ["DEMO_SHAPE"]
+import hashlib
+import json
+from dataclasses import asdict, dataclass, replace
 
-# Qwen3-MoE shaped, small enough to train in minutes on two CPU cores.
+__all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DemoRecipe"]
+
+# Bump when the builder changes what a recipe produces (the cache key includes it).
+BUILDER_VERSION = 1
+
+DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """Everything that decides the demo model's bytes (with the corpus, which is hashed separately).
+
+    ``routing_prior`` is a deliberate design choice of the demo world: during training a small
+    auxiliary loss pulls the router mass of answer tokens of *unsafe* examples onto
+    ``unsafe_experts_per_layer`` seeded experts per layer (and that of safe answers away from them),
+    so the demo model has the unsafe-specialised experts that real MoE models show and the pipeline
+    looks for. Set it to 0 for a model whose routing is left entirely to the language-model loss.
+    """
+
+    arch: str = "qwen3_moe"
+    hidden_size: int = 128
+    num_layers: int = 4
+    num_experts: int = 8
+    experts_per_token: int = 2
+    expert_intermediate_size: int = 256
+    num_heads: int = 4
+    num_kv_heads: int = 2
+    head_dim: int = 32
+    vocab_size: int = 2048
+    max_length: int = 72
+    steps: int = 300
+    batch_size: int = 32
+    learning_rate: float = 3e-3
+    warmup_steps: int = 20
+    weight_decay: float = 0.01
+    routing_prior: float = 0.1
+    unsafe_experts_per_layer: int = 2
+    corpus_fraction: float = 1.0
+    seed: int = 0
+
+    @classmethod
+    def tiny(cls, arch: str = "qwen3_moe") -> DemoRecipe:
+        """A reduced model that builds in a few seconds (tests); still trained a little."""
+        return cls(
+            arch=arch, hidden_size=32, expert_intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=16,
+            vocab_size=400, max_length=48, steps=12, batch_size=8, warmup_steps=2, corpus_fraction=0.1,
+        )
+
+    def with_arch(self, arch: str) -> DemoRecipe:
+        return replace(self, arch=arch)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self, corpus_digest: str = "") -> str:
+        """Cache key: the recipe, the builder version and the training corpus."""
+        body = json.dumps({"recipe": self.to_dict(), "builder": BUILDER_VERSION, "corpus": corpus_digest}, sort_keys=True)
+        return hashlib.sha256(body.encode()).hexdigest()[:12]
+
+
+_DEFAULT = DemoRecipe()
+# Used by the config check (selection.top_k against the demo model's experts).
 DEMO_SHAPE = {
-    "num_layers": 4,
-    "num_experts": 8,
-    "experts_per_token": 2,
+    "num_layers": _DEFAULT.num_layers,
+    "num_experts": _DEFAULT.num_experts,
+    "experts_per_token": _DEFAULT.experts_per_token,
 }

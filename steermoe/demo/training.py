@@ -1,0 +1,155 @@
+"""The demo model's training loop: next-token loss on answers plus the routing prior."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+__all__ = ["TrainResult", "model_config", "encode_examples", "designed_unsafe_experts", "train_model"]
+
+
+@dataclass
+class TrainResult:
+    losses: list[float]
+    final_loss: float
+    seconds: float
+
+
+def model_config(recipe, vocab_size: int, pad_id: int, eos_id: int):
+    """A standard transformers config of the recipe's architecture (what vLLM reads too)."""
+    from transformers import AutoConfig
+
+    common = dict(
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        vocab_size=vocab_size,
+        max_position_embeddings=max(256, recipe.max_length * 2),
+        num_experts_per_tok=recipe.experts_per_token,
+        tie_word_embeddings=True,
+        pad_token_id=pad_id,
+        eos_token_id=eos_id,
+        bos_token_id=eos_id,
+        intermediate_size=recipe.expert_intermediate_size,
+    )
+    per_arch = {
+        "qwen3_moe": dict(
+            num_experts=recipe.num_experts, moe_intermediate_size=recipe.expert_intermediate_size,
+            head_dim=recipe.head_dim, norm_topk_prob=True, decoder_sparse_step=1, mlp_only_layers=[],
+        ),
+        "olmoe": dict(num_experts=recipe.num_experts, norm_topk_prob=True),
+        "mixtral": dict(num_local_experts=recipe.num_experts, head_dim=recipe.head_dim),
+    }
+    return AutoConfig.for_model(recipe.arch, **common, **per_arch[recipe.arch])
+
+
+def encode_examples(examples, tokenizer, max_length: int):
+    """Token ids, answer masks (loss and routing prior apply there) and unsafe flags per example."""
+    from steermoe.demo.corpus import answer_text, render_user_turn
+
+    encoded = []
+    for ex in examples:
+        prompt_ids = tokenizer.encode(render_user_turn(ex.prompt)).ids
+        answer_ids = tokenizer.encode(answer_text(ex.answer)).ids
+        ids = (prompt_ids + answer_ids)[:max_length]
+        answer_from = len(prompt_ids)
+        encoded.append((ids, answer_from, ex.label == "unsafe"))
+    return encoded
+
+
+def designed_unsafe_experts(recipe) -> dict[int, list[int]]:
+    """layer -> the experts the routing prior pulls unsafe answers onto (seeded, per layer)."""
+    import torch
+
+    gen = torch.Generator().manual_seed(recipe.seed + 1)
+    return {
+        layer: sorted(torch.randperm(recipe.num_experts, generator=gen)[: recipe.unsafe_experts_per_layer].tolist())
+        for layer in range(recipe.num_layers)
+    }
+
+
+def _batch(encoded, idx, pad_id):
+    import torch
+
+    rows = [encoded[i] for i in idx]
+    width = max(len(ids) for ids, _, _ in rows)
+    input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
+    labels = torch.full((len(rows), width), -100, dtype=torch.long)
+    attention = torch.zeros((len(rows), width), dtype=torch.long)
+    prior_mask = torch.zeros((len(rows), width), dtype=torch.bool)
+    unsafe = torch.tensor([u for _, _, u in rows])
+    for r, (ids, start, _) in enumerate(rows):
+        n = len(ids)
+        input_ids[r, :n] = torch.tensor(ids)
+        attention[r, :n] = 1
+        labels[r, start:n] = input_ids[r, start:n]
+        # The last prompt token predicts the first answer token: the decision point is routed too.
+        prior_mask[r, start - 1 : n] = True
+    return input_ids, attention, labels, prior_mask, unsafe
+
+
+def _prior_loss(router_logits, layers, unsafe_experts, prior_mask, unsafe):
+    """Pull router mass of unsafe answer tokens onto the designed experts, push safe tokens' mass off."""
+    import torch
+
+    flat_mask = prior_mask.reshape(-1)  # (B*T,)
+    token_unsafe = unsafe[:, None].expand_as(prior_mask).reshape(-1)[flat_mask]  # (N,)
+    total = 0.0
+    for layer, logits in zip(layers, router_logits):
+        probs = torch.softmax(logits.float(), dim=-1)[flat_mask]  # (N, E)
+        mass = probs[:, unsafe_experts[layer]].sum(-1).clamp(1e-6, 1 - 1e-6)  # (N,)
+        total = total - torch.where(token_unsafe, mass.log(), (1 - mass).log()).mean()
+    return total / len(router_logits)
+
+
+def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> TrainResult:
+    """Seeded AdamW with warm-up and cosine decay; the loss is on answer tokens only."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from steermoe.adapters import moe_layers
+
+    blocks = moe_layers(model)
+    unsafe_experts = designed_unsafe_experts(recipe)
+    captured: list = []
+    hooks = [b.router.register_forward_hook(lambda _m, _i, out: captured.append(out[0])) for b in blocks]
+    gen = torch.Generator().manual_seed(recipe.seed)
+    opt = torch.optim.AdamW(model.parameters(), lr=recipe.learning_rate, betas=(0.9, 0.95), weight_decay=recipe.weight_decay)
+
+    def lr_at(step: int) -> float:
+        if step < recipe.warmup_steps:
+            return (step + 1) / recipe.warmup_steps
+        t = (step - recipe.warmup_steps) / max(1, recipe.steps - recipe.warmup_steps)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
+
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
+    order = torch.randperm(len(encoded), generator=gen).tolist()
+    cursor, losses, started = 0, [], time.perf_counter()
+    model.train()
+    bar = tqdm(range(recipe.steps), desc="training demo model", unit="step", disable=not progress)
+    try:
+        for _ in bar:
+            if cursor + recipe.batch_size > len(order):
+                order, cursor = torch.randperm(len(encoded), generator=gen).tolist(), 0
+            idx = order[cursor : cursor + recipe.batch_size]
+            cursor += recipe.batch_size
+            input_ids, attention, labels, prior_mask, unsafe = _batch(encoded, idx, pad_id)
+            captured.clear()
+            out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
+            loss = out.loss
+            if recipe.routing_prior > 0:
+                loss = loss + recipe.routing_prior * _prior_loss(captured, range(len(blocks)), unsafe_experts, prior_mask, unsafe)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            opt.step()
+            sched.step()
+            losses.append(out.loss.item())
+            bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    finally:
+        for h in hooks:
+            h.remove()
+    model.eval()
+    return TrainResult(losses, sum(losses[-10:]) / len(losses[-10:]), time.perf_counter() - started)
