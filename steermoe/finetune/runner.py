@@ -1,0 +1,239 @@
+"""Public entry points: expert-selective fine-tuning and its two baselines (random experts, full model).
+
+Each call writes into ``out_dir``: ``patch/`` (selective runs), ``merged/`` (on request, always for
+the full baseline), ``metrics.json`` and ``steps.jsonl``; ``checkpoints/`` exists while a run is
+unfinished, and a new call on the same folder resumes from it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+import subprocess
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from steermoe.errors import InputError
+from steermoe.selection import ExpertSelection
+
+__all__ = ["FinetuneResult", "finetune_experts", "finetune_random", "finetune_full", "random_selection", "split_heldout", "run_job"]
+
+
+@dataclass
+class FinetuneResult:
+    """What a fine-tuning run produced."""
+
+    mode: str  # "selective", "random" or "full"
+    out_dir: Path
+    patch_path: Path | None
+    merged_path: Path | None
+    metrics: dict
+    selection: ExpertSelection | None
+
+
+def split_heldout(examples: Sequence, fraction: float, seed: int) -> tuple[list, list]:
+    """(train, held-out); every kind keeps at least one training example."""
+    if fraction <= 0 or len(examples) < 4:
+        return list(examples), []
+    order = list(range(len(examples)))
+    random.Random(seed + 7).shuffle(order)
+    k = max(1, round(len(examples) * fraction))
+    held = set(order[:k])
+    return [x for i, x in enumerate(examples) if i not in held], [x for i, x in enumerate(examples) if i in held]
+
+
+def random_selection(base_path: str | Path, size: int, seed: int = 0, exclude: Sequence[tuple[int, int]] = ()) -> ExpertSelection:
+    """``size`` experts drawn uniformly (seeded) from all MoE (layer, expert) pairs of a model."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    from steermoe.adapters import adapter_for, moe_layers
+
+    config = AutoConfig.from_pretrained(str(base_path))
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    adapter = adapter_for(model)
+    pairs = [(m.layer, e) for m in moe_layers(model, adapter) for e in range(adapter.num_experts(config))]
+    pool = [p for p in pairs if p not in set(exclude)] or pairs
+    if size > len(pool):
+        raise InputError(f"random baseline: {size} experts asked for, the model has {len(pool)} to draw from")
+    chosen = sorted(random.Random(seed).sample(pool, size))
+    return ExpertSelection(chosen, [0.0] * size, "random", {"seed": seed, "size": size})
+
+
+def finetune_experts(base_path, selection: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+    """Fine-tune only ``selection``'s experts; everything else stays bit-identical to the base."""
+    return _finetune("selective", base_path, selection, examples, cfg, out_dir, callback, heldout, progress)
+
+
+def finetune_random(base_path, like: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+    """Baseline: as many random experts as ``like`` (disjoint from it where possible), same data and budget."""
+    selection = random_selection(base_path, len(like), seed=cfg.seed, exclude=like.experts)
+    return _finetune("random", base_path, selection, examples, cfg, out_dir, callback, heldout, progress)
+
+
+def finetune_full(base_path, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+    """Baseline: every parameter trained, same data and budget; writes a merged model folder."""
+    return _finetune("full", base_path, None, examples, cfg, out_dir, callback, heldout, progress)
+
+
+def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, heldout, progress) -> FinetuneResult:
+    from steermoe.finetune.data import save_examples
+    from steermoe.modeling import model_fingerprint
+
+    base_path, out_dir = Path(base_path), Path(out_dir)
+    if not examples:
+        raise InputError("finetune: no training examples; build them with build_training_examples")
+    if heldout is None:
+        examples, heldout = split_heldout(examples, cfg.heldout_fraction, cfg.seed)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if not (out_dir / "checkpoints" / "latest").exists():
+        _clear_outputs(out_dir)  # a fresh run: nothing from an earlier one may look like ours
+    job = {
+        "mode": mode,
+        "base_path": str(base_path),
+        "base_fingerprint": model_fingerprint(base_path),
+        "selection": selection.to_dict() if selection is not None else None,
+        "cfg": cfg.model_dump(mode="json"),
+        "out_dir": str(out_dir),
+    }
+    if cfg.num_processes > 1:
+        job_dir = out_dir / "job"
+        job_dir.mkdir(exist_ok=True)
+        save_examples(examples, job_dir / "examples.jsonl")
+        save_examples(heldout, job_dir / "heldout.jsonl")
+        (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
+        _launch(job_dir / "job.json", cfg.num_processes)
+        if callback is not None:
+            for line in (out_dir / "steps.jsonl").read_text(encoding="utf-8").splitlines():
+                row = json.loads(line)
+                callback(row.pop("step"), row)
+    else:
+        run_job(job, examples, heldout, callback=callback, progress=progress)
+    metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
+    patch = out_dir / "patch"
+    merged = out_dir / "merged"
+    return FinetuneResult(mode, out_dir, patch if patch.exists() else None, merged if merged.exists() else None, metrics, selection)
+
+
+def _clear_outputs(out_dir: Path) -> None:
+    for name in ("patch", "merged", "checkpoints"):
+        shutil.rmtree(out_dir / name, ignore_errors=True)
+    (out_dir / "metrics.json").unlink(missing_ok=True)
+
+
+def _launch(job_path: Path, n: int) -> None:
+    """Start ``n`` processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
+    from steermoe.finetune.engine import _free_port
+
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n), "--master_port", str(_free_port()),
+           "--module", "steermoe.finetune.launch", "--job", str(job_path)]
+    env = dict(os.environ)
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+        env.pop(key, None)  # the launcher sets them per process
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
+    result = subprocess.run(cmd, env=env)
+    if result.returncode != 0:
+        raise RuntimeError(f"deepspeed launcher failed with exit code {result.returncode}: {' '.join(cmd)}")
+
+
+def _device(cfg):
+    import torch
+
+    from steermoe.modeling import resolve_device
+
+    device = resolve_device(cfg.device)
+    if device.startswith("cuda"):
+        local = int(os.environ.get("LOCAL_RANK", 0))
+        torch.cuda.set_device(local)
+        return f"cuda:{local}"
+    return device
+
+
+def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable | None = None, progress: bool = True) -> dict:
+    """Train one job in this process (the whole world when alone, one rank under the launcher)."""
+    import deepspeed
+
+    from steermoe.config import FinetuneConfig
+    from steermoe.finetune.engine import ensure_dist_env, run_training
+    from steermoe.finetune.experts import prepare_full, prepare_selective
+    from steermoe.modeling import load_model
+
+    cfg = FinetuneConfig.model_validate(job["cfg"])
+    out_dir = Path(job["out_dir"])
+    ensure_dist_env()
+    device = _device(cfg)
+    deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
+    rank = int(os.environ["RANK"])
+    model = load_model(job["base_path"], dtype="bfloat16" if cfg.precision == "bf16" else "float32", device=device)
+    selection = ExpertSelection.from_dict(job["selection"]) if job["selection"] else None
+    plan = prepare_selective(model, selection) if selection is not None else prepare_full(model)
+    ckpt_dir = out_dir / "checkpoints"
+    steps_log = out_dir / "steps.jsonl"
+    if rank == 0 and not (ckpt_dir / "latest").exists():
+        steps_log.unlink(missing_ok=True)
+    engine, metrics = run_training(
+        model, examples, heldout, cfg, selective=plan is not None, ckpt_dir=ckpt_dir if cfg.checkpoint_every else None,
+        callback=callback, progress=progress, metrics_log=steps_log,
+    )
+    metrics.update(mode=job["mode"], base_fingerprint=job["base_fingerprint"], n_train=len(examples), n_heldout=len(heldout))
+    if selection is not None:
+        metrics["selected_experts"] = len(selection)
+    _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank)
+    return metrics
+
+
+def _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank) -> None:
+    import deepspeed
+    import torch.distributed as dist
+
+    from steermoe.finetune.experts import materialize
+    from steermoe.finetune.patch import atomic_dir, save_merged, save_patch
+
+    out_dir = Path(job["out_dir"])
+    params = [p for p in model.parameters() if p.requires_grad] if plan is not None else list(model.parameters())
+    # ZeRO-3 holds shards: gather (collectively) before rank 0 reads the weights.
+    with deepspeed.zero.GatheredParameters(params, enabled=cfg.zero_stage == 3):
+        if rank == 0:
+            if plan is not None:
+                save_patch(out_dir / "patch", plan, job["base_fingerprint"], selection, extra={"metrics": _small(metrics)})
+            if plan is None or cfg.merge:
+                tokenizer = _tokenizer(job["base_path"])
+                if plan is not None and cfg.zero_stage == 3:
+                    _merge_from_patch(job, out_dir, tokenizer)
+                else:
+                    if plan is not None:
+                        materialize(model, plan)
+                    save_merged(model, tokenizer, out_dir / "merged")
+            with atomic_dir(out_dir / ".metrics") as tmp:
+                (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2), encoding="utf-8")
+            os.replace(out_dir / ".metrics" / "metrics.json", out_dir / "metrics.json")
+            shutil.rmtree(out_dir / ".metrics", ignore_errors=True)
+            shutil.rmtree(out_dir / "checkpoints", ignore_errors=True)
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.barrier()
+
+
+def _merge_from_patch(job, out_dir: Path, tokenizer) -> None:
+    from steermoe.finetune.patch import load_patched_model, save_merged
+
+    dtype = "bfloat16" if job["cfg"]["precision"] == "bf16" else "float32"
+    model = load_patched_model(job["base_path"], out_dir / "patch", dtype=dtype, device="cpu")
+    save_merged(model, tokenizer, out_dir / "merged")
+
+
+def _tokenizer(base_path):
+    from steermoe.modeling import load_tokenizer
+
+    try:
+        return load_tokenizer(base_path)
+    except (OSError, ValueError, TypeError):
+        return None  # a weights-only folder: the merged model gets no tokenizer
+
+
+def _small(metrics: dict) -> dict:
+    return {k: v for k, v in metrics.items() if isinstance(v, (int, float, str))}

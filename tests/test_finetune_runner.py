@@ -1,0 +1,47 @@
+"""End to end on the (tiny) demo model: training examples -> selective fine-tuning -> lower held-out refusal loss;
+the random baseline; the CLI's one-line error."""
+
+import pytest
+
+from steermoe.config import FinetuneConfig
+from steermoe.finetune import base_model_answers, build_training_examples, finetune_experts, random_selection
+from steermoe.modeling import load_model, load_tokenizer
+from steermoe.selection import ExpertSelection
+
+
+@pytest.fixture(scope="module")
+def demo_examples(tiny_demo_model):
+    from steermoe.demo.prompt_sets import load_demo_prompts
+
+    prompts = load_demo_prompts()
+    train = prompts[prompts["split"] == "train"]
+    unsafe = train[train["label"] == "unsafe"]["prompt"].tolist()[:16]
+    safe = train[train["label"] == "safe"]["prompt"].tolist()[:16]
+    tok = load_tokenizer(tiny_demo_model)
+    answers = base_model_answers(load_model(tiny_demo_model, device="cpu"), tok, safe, max_new_tokens=8)
+    return build_training_examples(tok, unsafe, safe, answers, FinetuneConfig(max_length=96))
+
+
+def test_selective_run_lowers_heldout_refusal_loss(tiny_demo_model, demo_examples, tmp_path):
+    selection = ExpertSelection([(layer, e) for layer in range(4) for e in (0, 1)], [1.0] * 8, "manual")
+    cfg = FinetuneConfig(zero_stage=0, learning_rate=1e-2, max_steps=8, batch_size=8, warmup_steps=1, heldout_fraction=0.25)
+    result = finetune_experts(tiny_demo_model, selection, demo_examples, cfg, tmp_path, progress=False)
+    m = result.metrics
+    assert m["n_heldout"] >= 6 and m["steps"] == 8
+    assert m["heldout_refusal_loss_after"] < m["heldout_refusal_loss_before"]
+    assert 0 < m["trainable_fraction"] < 0.5
+
+
+def test_random_baseline_has_the_same_size_and_other_experts(tiny_demo_model):
+    chosen = [(1, 0), (2, 3), (3, 5)]
+    rand = random_selection(tiny_demo_model, 3, seed=0, exclude=chosen)
+    assert len(rand) == 3 and not set(rand.experts) & set(chosen)
+    assert rand.experts == random_selection(tiny_demo_model, 3, seed=0, exclude=chosen).experts
+
+
+def test_cli_without_selection_is_one_line_error(tmp_path, capsys):
+    from steermoe.cli import run_app
+
+    code = run_app(["finetune", "--selection", str(tmp_path / "missing.json")])
+    assert code == 2
+    assert "steermoe select" in capsys.readouterr().err
