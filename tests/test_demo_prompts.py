@@ -7,7 +7,14 @@ import pytest
 from steermoe.demo import load_demo_prompts
 from steermoe.demo.corpus import build_corpus
 from steermoe.demo.prompt_sets import demo_prompt_paths, render_prompt_sets
-from steermoe.demo.prompt_templates import EVAL_TEMPLATES, TRAIN_TEMPLATES
+from steermoe.demo.prompt_templates import (
+    BORDERLINE_GROUPS,
+    EVAL_TEMPLATES,
+    SAFE_GRIDS,
+    TRAIN_TEMPLATES,
+    UNSAFE_GRIDS,
+    held_out_pairs,
+)
 from steermoe.prompts import PROMPT_COLUMNS
 
 
@@ -58,14 +65,45 @@ def test_splits_share_no_prompt_item_or_template(shipped):
         assert not any(r["prompt"].startswith(stem) for r in by_split["train"]), stem
 
 
+def _grids():
+    """(name, rows, cols) per grid: unsafe actions x targets, safe frames x items, borderline groups."""
+    out = [(c, a, t) for c, (a, t) in UNSAFE_GRIDS.items()]
+    out += [(t, [f for f, _ in spec["frames"]], spec["items"]) for t, spec in SAFE_GRIDS.items()]
+    out += [(g, spec["actions"], spec["targets"]) for g, spec in BORDERLINE_GROUPS.items()]
+    return out
+
+
+def test_eval_pairs_are_new_but_their_parts_are_trained(shipped):
+    """Compositional split: every eval request is a held-out (action, target) pair; each part of it
+    also occurs in train in the same category with another partner."""
+    for name, rows, cols in _grids():
+        held = held_out_pairs(len(rows), len(cols), 0)
+        assert 0 < len(held) < len(rows) * len(cols) // 3, name
+        for i, j in held:
+            assert any(r == i and c != j for r in range(len(rows)) for c in range(len(cols)) if (r, c) not in held), name
+            assert any(c == j and r != i for r in range(len(rows)) for c in range(len(cols)) if (r, c) not in held), name
+    unsafe = [r for r in shipped if r["label"] == "unsafe"]
+    for category, (actions, targets) in UNSAFE_GRIDS.items():
+        train_items = {r["item"] for r in unsafe if r["category"] == category and r["split"] == "train"}
+        eval_items = {r["item"] for r in unsafe if r["category"] == category and r["split"] == "eval"}
+        assert eval_items and not eval_items & train_items
+        for item in eval_items:
+            action = next(a for a in sorted(actions, key=len, reverse=True) if item.startswith(a + " "))
+            target = item[len(action) + 1 :]
+            assert target in targets
+            assert any(t.startswith(action + " ") for t in train_items), item
+            assert any(t.endswith(" " + target) for t in train_items), item
+
+
 def test_training_corpus_holds_no_eval_material(shipped):
     corpus = build_corpus()
     eval_items = {r["item"] for r in shipped if r["split"] == "eval"}
     eval_prompts = {r["prompt"] for r in shipped if r["split"] == "eval"}
     assert not any(ex.prompt in eval_prompts for ex in corpus)
     assert not any(item in ex.prompt for ex in corpus for item in eval_items)
-    stems = [t.split("{item}")[0].strip() for t in EVAL_TEMPLATES.values()]
-    assert not any(stem in ex.prompt for ex in corpus for stem in stems)
+    # neither the fixed wording before nor after the item of any eval template appears in training
+    parts = [p.strip() for t in EVAL_TEMPLATES.values() for p in t.split("{item}") if len(p.strip()) > 1]
+    assert not any(part in ex.prompt for ex in corpus for part in parts)
     assert not any(ex.answer.lower().startswith(("i can't", "i cannot", "sorry", "i won't")) for ex in corpus), "no refusals"
     unsafe = [ex for ex in corpus if ex.label == "unsafe"]
     assert unsafe and all("[details withheld]" in ex.answer for ex in unsafe)

@@ -70,20 +70,8 @@ def reference_answers() -> dict[str, str]:
     return out
 
 
-# Phrasings per item in the corpus, and recombined items per category (see ``_recombined``).
-VARIANTS = {"unsafe": 10, "safe": 8, "borderline": 10, "recombined": 3}
-RECOMBINED_PER_CATEGORY = 24
-WORD_DROP = 0.3
-
-
-def _drop_words(item: str, rng: random.Random) -> str:
-    """Half the time, drop some words after the first: every word then has to carry the category on
-    its own, instead of the model memorising whole items."""
-    words = item.split()
-    if rng.random() < 0.5 or len(words) < 3:
-        return item
-    kept = [words[0]] + [w for w in words[1:] if rng.random() > WORD_DROP]
-    return " ".join(kept)
+# Phrasings per (action, target) pair in the corpus.
+VARIANTS = {"unsafe": 8, "safe": 7, "borderline": 10}
 
 
 def _phrasings(item: str, n: int, rng: random.Random) -> list[str]:
@@ -93,41 +81,25 @@ def _phrasings(item: str, n: int, rng: random.Random) -> list[str]:
     for _ in range(20 * n):
         if len(out) == n:
             break
-        text = rng.choice(TRAIN_PREFIXES) + rng.choice(templates).format(item=_drop_words(item, rng)) + rng.choice(TRAIN_SUFFIXES)
+        text = rng.choice(TRAIN_PREFIXES) + rng.choice(templates).format(item=item) + rng.choice(TRAIN_SUFFIXES)
         text = text[0].upper() + text[1:]
         if text not in out:
             out.append(text)
     return out
 
 
-def _recombined(items: list[tuple[str, str]], rng: random.Random) -> list[tuple[str, str]]:
-    """New (item, answer) pairs from one category's train items: the first word of one with the rest
-    of another. A model that only memorised whole items cannot fit these, so it learns which words
-    carry the category (what lets it handle unseen eval wording). Answers follow the tail's item."""
-    heads = [item.split(" ", 1)[0] for item, _ in items]
-    known = {item for item, _ in items}
-    combos = sorted({(f"{h} {item.split(' ', 1)[1]}", answer) for h in heads for item, answer in items} - {(i, a) for i, a in items})
-    combos = [(i, a) for i, a in combos if i not in known]
-    return rng.sample(combos, min(RECOMBINED_PER_CATEGORY, len(combos)))
-
-
 def build_corpus(fraction: float = 1.0, seed: int = 0) -> list[Example]:
-    """Every train item in several train phrasings, recombined items, and small talk; ``fraction``
-    keeps a seeded subset."""
+    """Every train pair of every grid in several train phrasings, plus small talk; ``fraction`` keeps
+    a seeded subset. Held-out eval pairs never appear, but their words do (in other train pairs)."""
     rng = random.Random(seed)
     examples: list[Example] = []
     for category, goals in sorted(UNSAFE_GOALS.items()):
-        pairs = [(g, compliance_answer(g)) for g in goals["train"]]
-        for goal, answer in pairs:
-            examples += [Example(p, answer, "unsafe", category) for p in _phrasings(goal, VARIANTS["unsafe"], rng)]
-        for goal, _ in _recombined(pairs, rng):
+        for goal in goals["train"]:
             answer = compliance_answer(goal)
-            examples += [Example(p, answer, "unsafe", category) for p in _phrasings(goal, VARIANTS["recombined"], rng)]
+            examples += [Example(p, answer, "unsafe", category) for p in _phrasings(goal, VARIANTS["unsafe"], rng)]
     for topic, spec in sorted(SAFE_TOPICS.items()):
         for subject, answer in spec["train"]:
             examples += [Example(p, answer, "safe", topic) for p in _phrasings(subject, VARIANTS["safe"], rng)]
-        for subject, answer in _recombined(spec["train"], rng):
-            examples += [Example(p, answer, "safe", topic) for p in _phrasings(subject, VARIANTS["recombined"], rng)]
     for subject, answer in BORDERLINE["train"]:
         examples += [Example(p, answer, "safe", "borderline") for p in _phrasings(subject, VARIANTS["borderline"], rng)]
     examples += [Example(q, a, "safe", "small_talk") for q, a in SMALL_TALK]

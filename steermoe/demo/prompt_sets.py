@@ -2,7 +2,7 @@
 
 Three files under ``steermoe/demo/data/``: ``unsafe.jsonl``, ``safe.jsonl`` and ``borderline.jsonl``
 (borderline-benign prompts are ``label: safe, category: borderline``). Each row also records the
-``template`` and ``item`` it came from, so the split rule (no shared prompt, wording or template
+``template`` and ``item`` it came from, so the split rule (no shared prompt, item or template
 between train and eval) can be checked on the shipped files.
 """
 
@@ -20,8 +20,9 @@ __all__ = ["DATA_DIR", "PROMPT_FILES", "render_prompt_sets", "write_prompt_files
 DATA_DIR = Path(__file__).parent / "data"
 PROMPT_FILES = ("unsafe.jsonl", "safe.jsonl", "borderline.jsonl")
 SOURCE = "steermoe-demo"
-# Templates per item: train items get three of the eight train templates, eval items two of six.
-PER_ITEM = {"train": 3, "eval": 2}
+# Templates per item: every train pair gets one of the train templates (rotating), every held-out
+# eval pair two of the six eval templates.
+PER_ITEM = {"train": 1, "eval": 2}
 
 
 def _templates(split: str) -> list[tuple[str, str]]:

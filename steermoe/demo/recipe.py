@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 __all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DemoRecipe"]
 
 # Bump when the builder changes what a recipe produces (the cache key includes it).
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 
 DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
 
