@@ -1,5 +1,143 @@
-"""CLI commands of the pipeline stage (registered on the shared typer app)."""
+"""``steermoe run``, ``steermoe promote``, ``steermoe deploy`` and ``steermoe serve``: the Prefect shell.
+
+Prefect and MLflow are imported inside the commands (the library itself never imports Prefect). With no
+``PREFECT_API_URL`` set, Prefect runs the flow against a temporary local API; with no
+``tracking.mlflow_uri``, MLflow writes to SQLite under the cache dir. So ``steermoe run`` needs no server.
+"""
 
 from __future__ import annotations
 
-from steermoe.cli.app import app  # noqa: F401
+import os
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from steermoe.cli.app import app, console
+from steermoe.cli.prompts import ConfigOption, SetOption
+
+__all__ = ["run", "promote", "deploy", "serve"]
+
+_SHOWN_METRICS = ("refusal_rate", "over_refusal", "utility_loss", "utility_loss_delta", "routing_drift")
+
+
+def _prefect_ready() -> None:
+    """Quiet defaults for a local run; anything the user set wins."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary API starts a server process; on a busy laptop that can take longer than Prefect's 20 s.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
+
+
+def _outputs(record: dict) -> str:
+    keep = ("fingerprint", "rows", "sequences", "n_experts", "experts", "version")
+    parts = [f"{k}={record[k]}" for k in keep if k in record]
+    return ", ".join(parts)[:80]
+
+
+def _summary(summary: dict, flow_run_id: str | None) -> None:
+    stages = Table(title=f"steermoe run '{summary['run_name']}'")
+    for col in ("stage", "state", "seconds", "outputs"):
+        stages.add_column(col)
+    for stage, state in summary["states"].items():
+        style = "green" if state == "Cached" else None
+        stages.add_row(stage, state, f"{summary['seconds'].get(stage, 0):.1f}", _outputs(summary["records"].get(stage, {})), style=style)
+    console.print(stages)
+
+    metrics = summary["records"].get("evaluate", {}).get("metrics", {})
+    if metrics:
+        table = Table(title="evaluation (eval split)")
+        table.add_column("model")
+        shown = [m for m in _SHOWN_METRICS if any(m in v for v in metrics.values())]
+        for m in shown:
+            table.add_column(m, justify="right")
+        for model, values in metrics.items():
+            table.add_row(model, *(f"{values[m]:.3f}" if m in values else "-" for m in shown))
+        console.print(table)
+
+    run, reg = summary["tracking"], summary["registered"]
+    uri = run["uri"]
+    lines = [f"outputs:   {summary['out_root']}", f"model:     {reg['alias_uri']} (version {reg['version']})"]
+    if uri.startswith("sqlite:"):
+        lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri}")
+        lines.append(f"           then open http://127.0.0.1:5000/#/experiments/{run['experiment_id']}/runs/{run['run_id']}")
+    else:
+        lines.append(f"MLflow:    {uri.rstrip('/')}/#/experiments/{run['experiment_id']}/runs/{run['run_id']}")
+    api = os.environ.get("PREFECT_API_URL")
+    if api and flow_run_id:
+        lines.append(f"Prefect:   {api.rstrip('/').removesuffix('/api')}/runs/flow-run/{flow_run_id}")
+    else:
+        lines.append("Prefect:   ran on a temporary API; `prefect server start` and set PREFECT_API_URL to keep runs in the UI")
+    for line in lines:
+        console.print(line, soft_wrap=True, highlight=False)  # URIs must stay copyable: never wrapped
+
+
+@app.command()
+def run(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = SetOption) -> int:
+    """Run the whole pipeline (cached stages) on one config; no server needed."""
+    from steermoe.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    _prefect_ready()
+    from flows.pipeline import safety_pipeline
+
+    state = safety_pipeline(config=cfg, return_state=True)
+    summary = state.result()  # re-raises the failing stage's error (one line for user errors)
+    _summary(summary, str(state.state_details.flow_run_id) if state.state_details else None)
+    return 0
+
+
+@app.command()
+def promote(
+    candidate: str = typer.Option("challenger", help="Version number or alias of the registered model to consider."),
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+) -> int:
+    """Move the 'champion' alias to the candidate if it passes the promotion rule (decision recorded either way)."""
+    from steermoe.config import load_config
+
+    cfg = load_config(config, overrides or [])
+    _prefect_ready()
+    from flows.promotion import promote as promote_flow
+
+    result = promote_flow(candidate=candidate, config=cfg)
+    d = result["decision"]
+    table = Table(title=f"{result['name']} v{result['version']} vs {d['reference']}")
+    table.add_column("number")
+    table.add_column("value", justify="right")
+    for k, v in d["numbers"].items():
+        table.add_row(k, f"{v:.4f}")
+    console.print(table)
+    for reason in d["reasons"]:
+        console.print(f"  {reason}", highlight=False)
+    verdict = "[green]promoted to champion" if result["promoted"] else "[yellow]not promoted"
+    console.print(f"{verdict}[/]: models:/{result['name']}@champion " + (f"(was v{result['previous_champion']})" if result["previous_champion"] else ""))
+    return 0
+
+
+@app.command()
+def deploy(
+    work_pool: str = typer.Option("steermoe-process", help="Process work pool to create (if missing) and deploy to."),
+    config_path: str = typer.Option("configs/demo.yaml", help="Config YAML the deployments run with by default (readable by the worker)."),
+) -> int:
+    """Register the pipeline, retrain (cron) and promote deployments with a Prefect server (needs PREFECT_API_URL)."""
+    from steermoe.errors import InputError
+
+    if not os.environ.get("PREFECT_API_URL"):
+        raise InputError("deploy: PREFECT_API_URL is not set; start `prefect server start` (or docker compose up) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from deployments.definitions import deploy_all
+
+    for name, deployment_id in deploy_all(work_pool, config_path).items():
+        console.print(f"deployed {name} ({deployment_id})")
+    console.print(f"start a worker: prefect worker start --pool {work_pool}")
+    return 0
+
+
+@app.command()
+def serve(config_path: str = typer.Option("configs/demo.yaml", help="Config YAML the deployments run with by default.")) -> None:
+    """Serve the deployments from this process (no work pool needed); runs until interrupted."""
+    _prefect_ready()
+    from deployments.definitions import serve_all
+
+    serve_all(config_path)

@@ -1,0 +1,454 @@
+"""The pipeline's stages as plain functions: config section + input paths in, files + a small record out.
+
+Each ``*_stage`` function reads its inputs from disk, writes its outputs under ``out_dir`` and returns a
+JSON-able record (paths, fingerprints, counts, metrics). Nothing here knows about Prefect; MLflow is
+reached only through :mod:`steermoe.tracking` (registration). ``steermoe run`` calls these through
+the Prefect tasks in ``tasks/``, which add caching; a notebook can call them directly.
+
+:func:`code_version` hashes the library source a stage depends on, so caches miss when that code changes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import json
+import math
+import os
+from pathlib import Path
+from typing import Any
+
+from steermoe.errors import ValidationFailed
+
+__all__ = [
+    "STAGES",
+    "STAGE_SOURCES",
+    "code_version",
+    "load_prompt_set",
+    "prompt_set_fingerprint",
+    "read_prompt_snapshot",
+    "prepare_model_stage",
+    "validate_prompts_stage",
+    "collect_routing_stage",
+    "risk_difference_stage",
+    "select_experts_stage",
+    "finetune_stage",
+    "evaluate_stage",
+    "register_stage",
+    "CANDIDATE",
+    "promote_stage",
+    "retrain_check_stage",
+]
+
+STAGES = (
+    "validate_prompts",
+    "prepare_model",
+    "collect_routing",
+    "risk_difference",
+    "select_experts",
+    "finetune",
+    "evaluate",
+    "register",
+)
+
+# Library sources (relative to the package) whose text is part of each stage's cache key.
+STAGE_SOURCES: dict[str, tuple[str, ...]] = {
+    "validate_prompts": ("prompts.py", "validation.py"),
+    "prepare_model": ("modeling.py", "demo"),
+    "collect_routing": ("modeling.py", "adapters.py", "routing"),
+    "risk_difference": ("analysis.py", "analysis", "routing/store.py"),
+    "select_experts": ("selection.py",),
+    "finetune": ("modeling.py", "adapters.py", "finetune"),
+    "evaluate": ("modeling.py", "adapters.py", "evaluation", "steering.py"),
+    "register": ("tracking.py",),
+}
+
+_PKG = Path(__file__).resolve().parent
+
+
+def _stage_function(stage: str):
+    return globals()[f"{stage}_stage"]
+
+
+def code_version(stage: str) -> str:
+    """Hash of the stage function's source and the library files it runs (missing files hash as absent)."""
+    digest = hashlib.sha256(inspect.getsource(_stage_function(stage)).encode())
+    for rel in STAGE_SOURCES[stage]:
+        path = _PKG / rel
+        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
+        for f in files:
+            digest.update(os.path.relpath(f, _PKG).encode())
+            digest.update(f.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _write_json(data: Any, path: Path) -> Path:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=str), encoding="utf-8")
+    os.replace(tmp, path)
+    return path
+
+
+# ---------------------------------------------------------------- prompts
+
+
+def load_prompt_set(prompts_cfg):
+    """The prompt table a ``PromptsConfig`` names (the built-in demo sets, or its sources concatenated)."""
+    from steermoe.prompts import PromptSource, load_prompt_sources
+
+    if prompts_cfg.sources == "demo":
+        import steermoe.demo as demo
+
+        if not hasattr(demo, "load_demo_prompts"):  # not re-exported yet by the package
+            from steermoe.demo.prompt_sets import load_demo_prompts
+        else:
+            load_demo_prompts = demo.load_demo_prompts
+        return load_demo_prompts()
+    return load_prompt_sources(PromptSource(**s.model_dump()) for s in prompts_cfg.sources)
+
+
+def prompt_set_fingerprint(prompts_cfg) -> str:
+    """Content fingerprint of the prompt set a config names (cheap: reads the files, no validation)."""
+    from steermoe.prompts import fingerprint
+
+    return fingerprint(load_prompt_set(prompts_cfg))
+
+
+def read_prompt_snapshot(path: str | Path, split: str = "all"):
+    """The validated prompt snapshot written by :func:`validate_prompts_stage`, optionally one split."""
+    from steermoe.prompts import load_prompts
+
+    prompts = load_prompts(path)
+    if split != "all":
+        # Rows without a split belong to both.
+        prompts = prompts[prompts["split"].isna() | (prompts["split"] == split)].reset_index(drop=True)
+    return prompts
+
+
+def validate_prompts_stage(prompts_cfg, out_dir: str | Path) -> dict:
+    """Load and validate the prompt set; write ``validation_report.json`` always and ``prompts.jsonl``
+    (the snapshot later stages read) only when it passes. Raises :class:`ValidationFailed` otherwise."""
+    from steermoe.validation import validate_prompts
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = load_prompt_set(prompts_cfg)
+    v = prompts_cfg.validation
+    report = validate_prompts(
+        prompts, min_chars=v.min_chars, max_chars=v.max_chars, min_per_label=v.min_per_label, imbalance_warning_ratio=v.imbalance_warning_ratio
+    )
+    report_path = out / "validation_report.json"
+    report.to_json(report_path)
+    if not report.success:
+        raise ValidationFailed(f"{report.summary()}; every failing row is in {report_path}", report=report)
+    snapshot = out / "prompts.jsonl"
+    tmp = snapshot.with_name(".prompts.jsonl.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        for row in prompts.to_dict("records"):
+            f.write(json.dumps({k: row.get(k) for k in prompts.columns}, ensure_ascii=False) + "\n")
+    os.replace(tmp, snapshot)
+    return {
+        "prompts_path": str(snapshot),
+        "report_path": str(report_path),
+        "fingerprint": report.fingerprint,
+        "rows": report.rows,
+        "counts": report.counts,
+        "splits": {str(k): int(n) for k, n in prompts["split"].fillna("none").value_counts().items()},
+        "warnings": [f.detail for f in report.warnings],
+    }
+
+
+# ---------------------------------------------------------------- model
+
+
+def prepare_model_stage(model_cfg, cache_dir: str | Path | None = None) -> dict:
+    """Resolve (and for the demo, build once) the base model; record its fingerprint and shape."""
+    from steermoe.modeling import model_fingerprint, resolve_model_path
+
+    path = Path(resolve_model_path(model_cfg, cache_dir)).resolve()  # absolute: records outlive the working dir
+    config = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    return {
+        "model_path": str(path),
+        "fingerprint": model_fingerprint(path),
+        "model_type": config.get("model_type"),
+        "num_layers": config.get("num_hidden_layers"),
+    }
+
+
+def _load(model_cfg, model_path: str):
+    from steermoe.modeling import load_model, load_tokenizer
+
+    model = load_model(model_path, dtype=model_cfg.dtype, device=model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
+    return model, load_tokenizer(model_path, trust_remote_code=model_cfg.trust_remote_code)
+
+
+# ---------------------------------------------------------------- routing and analysis
+
+
+def collect_routing_stage(cfg, model_path: str, prompts_path: str, out_dir: str | Path) -> dict:
+    """Answer the routing split's prompts with the base model while recording every router's choices."""
+    from steermoe.routing import collect_routing
+
+    prompts = read_prompt_snapshot(prompts_path, cfg.routing.split)
+    model, tokenizer = _load(cfg.model, model_path)
+    g, r = cfg.generation, cfg.routing
+    store = collect_routing(
+        model,
+        tokenizer,
+        prompts,
+        Path(out_dir) / "store",
+        max_new_tokens=g.max_new_tokens,
+        batch_size=g.batch_size,
+        do_sample=g.do_sample,
+        temperature=g.temperature,
+        top_p=g.top_p,
+        seed=g.seed,
+        chat_template_kwargs=g.chat_template_kwargs,
+        record_logits=r.record_logits,
+        record_weights=r.record_weights,
+        shard_sequences=r.shard_sequences,
+        mode=r.mode,
+    )
+    counts = store.manifest.get("counts", {})
+    return {"store_path": str(store.path), **{k: int(v) for k, v in counts.items()}}
+
+
+def risk_difference_stage(analysis_cfg, store_path: str, out_dir: str | Path) -> dict:
+    """Per-(layer, expert) risk difference with statistics: Parquet + CSV table, heatmap and top-experts chart."""
+    from steermoe.analysis import risk_difference
+    from steermoe.plots import save_plots
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    a = analysis_cfg
+    table = risk_difference(
+        store_path,
+        segment=a.segment,
+        weighting=a.weighting,
+        sequence_filter="behaviour" if a.behaviour_filter else None,
+        confidence=a.confidence,
+        progress=False,
+    )
+    table_path, csv_path = out / "risk_table.parquet", out / "risk_table.csv"
+    table.attrs = {}  # run facts are not Parquet metadata material
+    table.to_parquet(table_path, index=False)
+    table.to_csv(csv_path, index=False)
+    plots = save_plots(table, out)
+    top = table.sort_values("risk_diff", ascending=False).head(1)
+    return {
+        "table_path": str(table_path),
+        "csv_path": str(csv_path),
+        "heatmap_path": str(plots["heatmap"]),
+        "chart_path": str(plots["top"]),
+        "rows": len(table),
+        "max_risk_diff": float(top["risk_diff"].iloc[0]) if len(top) else 0.0,
+    }
+
+
+def select_experts_stage(selection_cfg, table_path: str, out_dir: str | Path) -> dict:
+    """Choose experts from the risk table with the configured strategy; write ``selection.json``."""
+    import pandas as pd
+
+    from steermoe.selection import select_from_config
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    selection = select_from_config(pd.read_parquet(table_path), selection_cfg)
+    path = out / "selection.json"
+    selection.to_json(path)
+    return {"selection_path": str(path), "strategy": selection.strategy, "n_experts": len(selection), "experts": [list(x) for x in selection.experts]}
+
+
+# ---------------------------------------------------------------- fine-tuning, evaluation, registration
+
+
+def _base_answers(cfg, model_path: str, safe, store_path: str) -> list[str]:
+    """The base model's answers to the safe training prompts: reused from the routing store when it
+    answered them with the same token budget (same greedy decoding of the same model), else generated."""
+    from steermoe.routing import RoutingStore
+
+    ids = safe["id"].astype(str).tolist()
+    store = RoutingStore(store_path)
+    if store.manifest.get("generation", {}).get("max_new_tokens") == cfg.finetune.answer_max_new_tokens:
+        seqs = store.sequences()
+        known = dict(zip(seqs["prompt_id"].astype(str), seqs["generated_text"]))
+        if all(i in known for i in ids):
+            return [known[i] for i in ids]
+    from steermoe.finetune import base_model_answers
+    from steermoe.prompts import to_messages
+
+    model, tokenizer = _load(cfg.model, model_path)
+    g = cfg.generation
+    rows = safe.to_dict("records")
+    return base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
+
+
+def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str, selection_path: str, out_dir: str | Path) -> dict:
+    """Fine-tune only the selected experts (and the configured baselines, same data and budget) on
+    refusals for unsafe prompts and the base model's own answers for safe ones; write the patch(es) and
+    the training curve (``history.json``, one point per optimizer step)."""
+    from steermoe.finetune import (
+        build_training_examples,
+        finetune_experts,
+        finetune_full,
+        finetune_random,
+        refusals_from_endpoint,
+    )
+    from steermoe.modeling import load_tokenizer
+    from steermoe.prompts import to_messages
+    from steermoe.selection import ExpertSelection
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    ft = cfg.finetune
+    prompts = read_prompt_snapshot(prompts_path, "train")
+    unsafe = [to_messages(r) for r in prompts[prompts["label"] == "unsafe"].to_dict("records")]
+    safe = prompts[prompts["label"] == "safe"]
+    answers = _base_answers(cfg, model_path, safe, store_path)
+    refusals = refusals_from_endpoint(ft.refusal_endpoint, ft.refusal_endpoint_model, unsafe) if ft.refusal_endpoint else None
+    tokenizer = load_tokenizer(model_path)
+    examples = build_training_examples(
+        tokenizer, unsafe, [to_messages(r) for r in safe.to_dict("records")], answers, ft, refusals=refusals, chat_template_kwargs=cfg.generation.chat_template_kwargs
+    )
+    selection = ExpertSelection.from_json(selection_path)
+
+    history: list[dict] = []
+    result = finetune_experts(model_path, selection, examples, ft, out / "selected", callback=lambda step, m: history.append({"step": step, **m}))
+    _write_json(history, out / "history.json")
+    record = {"patch_path": str(result.patch_path), "history_path": str(out / "history.json"), "metrics": _numeric(result.metrics), "baselines": {}}
+    for name in ft.baselines:
+        if name == "random":
+            base = finetune_random(model_path, selection, examples, ft, out / "random")
+            record["baselines"]["random"] = {"patch_path": str(base.patch_path), "metrics": _numeric(base.metrics)}
+        elif name == "full":
+            base = finetune_full(model_path, examples, ft, out / "full")
+            record["baselines"]["full"] = {"merged_path": str(base.merged_path), "metrics": _numeric(base.metrics)}
+    return record
+
+
+def _numeric(metrics: dict | None) -> dict[str, float]:
+    return {k: float(v) for k, v in (metrics or {}).items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+CANDIDATE = "finetuned"  # the comparison row of the model a run registers
+
+
+def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str, finetune: dict, out_dir: str | Path) -> dict:
+    """Evaluate base, steered, fine-tuned and the baselines on the same prompts and judges; write the
+    comparison table and every response. ``metrics[model][metric]`` holds the numbers."""
+    from steermoe.evaluation import ModelEntry, compare_models
+    from steermoe.finetune import load_patched_model
+    from steermoe.modeling import load_model, load_tokenizer
+    from steermoe.selection import ExpertSelection
+
+    ev, m = cfg.evaluation, cfg.model
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = read_prompt_snapshot(prompts_path, ev.split)
+    tokenizer = load_tokenizer(model_path)
+
+    def base():
+        return load_model(model_path, dtype=m.dtype, device=m.device), tokenizer
+
+    def patched(patch):
+        return lambda: (load_patched_model(model_path, patch, dtype=m.dtype, device=m.device), tokenizer)
+
+    entries: dict = {"base": base}
+    if ev.steering:
+        steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
+        entries["steered"] = ModelEntry(load=base, steering=steering, epsilon=ev.steering_epsilon)
+    entries[CANDIDATE] = patched(finetune["patch_path"])
+    baselines = finetune.get("baselines", {})
+    if "random" in baselines:
+        entries["random"] = patched(baselines["random"]["patch_path"])
+    if "full" in baselines:
+        entries["full"] = lambda: (load_model(baselines["full"]["merged_path"], dtype=m.dtype, device=m.device), tokenizer)
+    generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
+    result = compare_models(
+        entries, prompts, ev.judges, out, drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed, **generation
+    )
+    comparison = out / "comparison.csv"
+    result.table.to_csv(comparison, index=False)
+    metrics = {name: {k: float(v.value) for k, v in r.metrics.items() if v is not None and math.isfinite(v.value)} for name, r in result.results.items()}
+    return {
+        "comparison_path": str(comparison),
+        "comparison_md_path": str(result.paths["markdown"]),
+        "chart_path": str(result.paths["png"]),
+        "outputs_path": str(out / "responses" / f"{CANDIDATE}.jsonl"),
+        "metrics": metrics,
+        "candidate": CANDIDATE,
+        "generation": generation,
+        "n_prompts": len(prompts),
+    }
+
+
+def register_stage(tracking_cfg, run: dict, model: dict, prompts: dict, selection: dict, finetune: dict, evaluation: dict) -> dict:
+    """Register the fine-tuned expert patch as a new model version (alias ``challenger``)."""
+    from steermoe.tracking import register_candidate
+
+    return register_candidate(tracking_cfg, run=run, model=model, prompts=prompts, selection=selection, finetune=finetune, evaluation=evaluation)
+
+
+# ---------------------------------------------------------------- promotion and retraining
+
+
+def _model_metrics(flat: dict[str, float], model: str) -> dict[str, float]:
+    prefix = f"{model}."
+    return {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+
+
+def promote_stage(tracking_cfg, cache_dir: str | Path, candidate: str = "challenger") -> dict:
+    """Move ``champion`` to ``candidate`` (a version number or alias) if :func:`steermoe.promotion.decide`
+    says so; the decision and its numbers are recorded on the version and in a ``promote`` run either way.
+    The reference is the current champion, or the candidate's own base model when there is none."""
+    from steermoe import tracking
+    from steermoe.errors import InputError
+    from steermoe.promotion import Decision, decide
+
+    uri = tracking.resolve_tracking_uri(tracking_cfg, cache_dir)
+    name = tracking_cfg.registered_model
+    cand = tracking.get_version(uri, name, candidate)
+    if cand is None:
+        raise InputError(f"promote: registered model {name!r} has no version or alias {candidate!r} in {uri}; run the pipeline first")
+    champ = tracking.get_version(uri, name, tracking.CHAMPION)
+    if champ is not None and champ["version"] == cand["version"]:
+        decision = Decision(False, [f"version {cand['version']} is already the champion"], "champion")
+    else:
+        reference, ref_name = (champ["metrics"], "champion") if champ is not None else (cand["metrics"], "base")
+        decision = decide(
+            _model_metrics(cand["metrics"], CANDIDATE),
+            _model_metrics(reference, CANDIDATE if champ is not None else "base"),
+            promotion_margin=tracking_cfg.promotion_margin,
+            over_refusal_tolerance=tracking_cfg.over_refusal_tolerance,
+            utility_tolerance=tracking_cfg.utility_tolerance,
+            reference_name=ref_name,
+        )
+    if decision.promote:
+        tracking.set_alias(uri, name, tracking.CHAMPION, cand["version"])
+    run_id = tracking.record_promotion(uri, tracking_cfg.experiment, name, cand["version"], decision.to_dict())
+    return {
+        "name": name,
+        "version": cand["version"],
+        "promoted": decision.promote,
+        "previous_champion": champ["version"] if champ else None,
+        "decision": decision.to_dict(),
+        "run_id": run_id,
+        "tracking_uri": uri,
+    }
+
+
+def retrain_check_stage(prompts_cfg, tracking_cfg, cache_dir: str | Path) -> dict:
+    """Compare today's prompt-set fingerprint with the one recorded on the ``champion`` version."""
+    from steermoe import tracking
+
+    fp = prompt_set_fingerprint(prompts_cfg)
+    uri = tracking.resolve_tracking_uri(tracking_cfg, cache_dir)
+    champ = tracking.get_version(uri, tracking_cfg.registered_model, tracking.CHAMPION)
+    recorded = champ["tags"].get("prompts.fingerprint") if champ else None
+    return {
+        "fingerprint": fp,
+        "champion_version": champ["version"] if champ else None,
+        "champion_fingerprint": recorded,
+        "changed": recorded != fp,
+        "reason": "no champion yet" if champ is None else ("prompt sets changed" if recorded != fp else "prompt sets unchanged"),
+    }

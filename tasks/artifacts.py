@@ -1,0 +1,61 @@
+"""Prefect artifacts a pipeline run publishes: validation report, risk table, selection, comparison.
+
+Called from the flow after each stage (so cached stages publish too) and from the validation task
+when it fails (so the report of bad data is visible in the UI next to the failed run).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+__all__ = ["publish_validation_report", "publish_risk_table", "publish_selection", "publish_comparison", "publish_decision"]
+
+
+def _rows(frame, limit: int) -> list[dict]:
+    return json.loads(frame.head(limit).to_json(orient="records"))
+
+
+def publish_validation_report(report: dict, limit: int = 100) -> None:
+    status = "passed" if report["success"] else "**FAILED**"
+    lines = [f"# Prompt validation {status}", "", f"Fingerprint `{report['fingerprint']}`, {report['rows']} rows, counts {report['counts']}.", ""]
+    if report["failures"]:
+        lines += ["| rule | id | row | detail | severity |", "|---|---|---|---|---|"]
+        for f in report["failures"][:limit]:
+            detail = str(f["detail"]).replace("|", "\\|")
+            lines.append(f"| {f['rule']} | {f['id']} | {f['row']} | {detail} | {f['severity']} |")
+        if len(report["failures"]) > limit:
+            lines.append(f"\n... and {len(report['failures']) - limit} more in the JSON report.")
+    create_markdown_artifact("\n".join(lines), key="validation-report", description="Prompt-set validation (Great Expectations)")
+
+
+def publish_risk_table(record: dict, limit: int = 50) -> None:
+    import pandas as pd
+
+    table = pd.read_parquet(record["table_path"])
+    value = "risk_difference" if "risk_difference" in table.columns else table.columns[-1]
+    create_table_artifact(_rows(table.sort_values(value, ascending=False), limit), key="risk-table", description=f"Top {limit} experts by {value}")
+
+
+def publish_selection(record: dict) -> None:
+    experts = ", ".join(f"L{layer}/E{expert}" for layer, expert in record["experts"]) or "(none)"
+    text = f"# Selected experts ({record['n_experts']}, strategy `{record['strategy']}`)\n\n{experts}\n"
+    create_markdown_artifact(text, key="expert-selection", description="Experts chosen for fine-tuning")
+
+
+def publish_comparison(record: dict) -> None:
+    import pandas as pd
+
+    path = record.get("comparison_path")
+    if path and Path(path).exists():
+        frame = pd.read_csv(path)
+        create_table_artifact(_rows(frame, 100), key="comparison", description="Base vs fine-tuned vs baselines")
+
+
+def publish_decision(decision: dict, candidate: str) -> None:
+    verdict = "promoted to champion" if decision["promote"] else "NOT promoted"
+    lines = [f"# {candidate}: {verdict}", "", f"Compared with the {decision['reference']}.", ""]
+    lines += [f"- {r}" for r in decision["reasons"]]
+    create_markdown_artifact("\n".join(lines), key="promotion-decision", description="Promotion decision and its numbers")

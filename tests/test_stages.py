@@ -1,0 +1,71 @@
+import json
+
+import pandas as pd
+import pytest
+
+from steermoe import stages
+from steermoe.config import PromptsConfig, SelectionConfig
+from steermoe.errors import ValidationFailed
+from steermoe.prompts import fingerprint
+from tests.conftest import make_prompts
+
+
+def prompts_cfg(tmp_path, rows, **validation):
+    path = tmp_path / "prompts.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return PromptsConfig(sources=[{"path": str(path)}], validation=validation)
+
+
+def test_validate_stage_writes_report_and_a_snapshot_with_the_same_fingerprint(tmp_path):
+    rows = make_prompts()
+    rows[0]["split"] = "eval"
+    cfg = prompts_cfg(tmp_path, rows)
+    record = stages.validate_prompts_stage(cfg, tmp_path / "out")
+    assert record["fingerprint"] == fingerprint(pd.DataFrame(rows)) == stages.prompt_set_fingerprint(cfg)
+    assert record["counts"] == {"safe": 12, "unsafe": 12}
+    assert json.loads((tmp_path / "out" / "validation_report.json").read_text())["success"] is True
+    snapshot = stages.read_prompt_snapshot(record["prompts_path"])
+    assert fingerprint(snapshot) == record["fingerprint"]
+    assert list(stages.read_prompt_snapshot(record["prompts_path"], "eval")["id"]) == ["s0"]
+    assert len(stages.read_prompt_snapshot(record["prompts_path"], "train")) == 23
+
+
+def test_validate_stage_fails_on_bad_rows_and_writes_no_snapshot(tmp_path):
+    rows = make_prompts()
+    rows[2]["label"] = "maybe"
+    with pytest.raises(ValidationFailed, match="label_in_set") as err:
+        stages.validate_prompts_stage(prompts_cfg(tmp_path, rows), tmp_path / "out")
+    assert err.value.report.errors[0].id == "s2"
+    assert json.loads((tmp_path / "out" / "validation_report.json").read_text())["success"] is False
+    assert not (tmp_path / "out" / "prompts.jsonl").exists()
+
+
+def test_code_version_is_stable_per_stage_and_follows_the_source(tmp_path, monkeypatch):
+    versions = {s: stages.code_version(s) for s in stages.STAGES}
+    assert len(set(versions.values())) == len(versions)
+    assert versions == {s: stages.code_version(s) for s in stages.STAGES}
+    source = tmp_path / "fake_stage.py"
+    source.write_text("x = 1\n")
+    monkeypatch.setitem(stages.STAGE_SOURCES, "select_experts", (str(source),))
+    before = stages.code_version("select_experts")
+    source.write_text("x = 2\n")
+    assert stages.code_version("select_experts") != before
+
+
+def test_select_stage_writes_the_selection(tmp_path):
+    table = pd.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "risk_diff": [0.3, -0.1, 0.2, 0.01]})
+    table.to_parquet(tmp_path / "t.parquet")
+    record = stages.select_experts_stage(SelectionConfig(threshold=0.05, top_k=4), str(tmp_path / "t.parquet"), tmp_path / "sel")
+    assert record["experts"] == [[0, 0], [1, 0]] and record["n_experts"] == 2
+    from steermoe.selection import ExpertSelection
+
+    assert ExpertSelection.from_json(record["selection_path"]).experts == [(0, 0), (1, 0)]
+
+
+def test_prepare_model_stage_fingerprints_the_weights(tiny_demo_model):
+    from steermoe.config import ModelConfig
+    from steermoe.modeling import model_fingerprint
+
+    record = stages.prepare_model_stage(ModelConfig(source=str(tiny_demo_model)))
+    assert record["fingerprint"] == model_fingerprint(tiny_demo_model)
+    assert record["model_type"] == "qwen3_moe"
