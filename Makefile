@@ -30,6 +30,8 @@ demo: $(STAMP)
 	$(VENV)/bin/steermoe run --config configs/demo.yaml
 
 test: $(STAMP) $(VLLM_STAMP)
+	# The Prefect UI browser test drives Chromium with playwright-core (no browser download); it skips without them.
+	if command -v npm >/dev/null; then (cd tests/ui && npm ci --silent --no-audit --no-fund); fi
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/pytest -q
 
