@@ -32,6 +32,7 @@ __all__ = [
     "fingerprint",
     "user_text",
     "to_messages",
+    "select_split",
 ]
 
 PROMPT_COLUMNS = ["id", "prompt", "messages", "label", "category", "source", "split"]
@@ -230,6 +231,13 @@ def load_prompt_sources(sources: Iterable[PromptSource | str | Path]) -> pd.Data
     if not frames:
         raise InputError("no prompt sources given")
     return pd.concat(frames, ignore_index=True)
+
+
+def select_split(prompts: pd.DataFrame, split: str) -> pd.DataFrame:
+    """The rows of one split (``"all"``: every row). Rows without a split belong to every split."""
+    if split == "all":
+        return prompts
+    return prompts[prompts["split"].isna() | (prompts["split"] == split)].reset_index(drop=True)
 
 
 def user_text(row: Mapping[str, Any]) -> str | None:

@@ -97,12 +97,8 @@ def load_prompt_set(prompts_cfg):
     from steermoe.prompts import PromptSource, load_prompt_sources
 
     if prompts_cfg.sources == "demo":
-        import steermoe.demo as demo
+        from steermoe.demo import load_demo_prompts
 
-        if not hasattr(demo, "load_demo_prompts"):  # not re-exported yet by the package
-            from steermoe.demo.prompt_sets import load_demo_prompts
-        else:
-            load_demo_prompts = demo.load_demo_prompts
         return load_demo_prompts()
     return load_prompt_sources(PromptSource(**s.model_dump()) for s in prompts_cfg.sources)
 
@@ -116,13 +112,9 @@ def prompt_set_fingerprint(prompts_cfg) -> str:
 
 def read_prompt_snapshot(path: str | Path, split: str = "all"):
     """The validated prompt snapshot written by :func:`validate_prompts_stage`, optionally one split."""
-    from steermoe.prompts import load_prompts
+    from steermoe.prompts import load_prompts, select_split
 
-    prompts = load_prompts(path)
-    if split != "all":
-        # Rows without a split belong to both.
-        prompts = prompts[prompts["split"].isna() | (prompts["split"] == split)].reset_index(drop=True)
-    return prompts
+    return select_split(load_prompts(path), split)
 
 
 def validate_prompts_stage(prompts_cfg, out_dir: str | Path) -> dict:

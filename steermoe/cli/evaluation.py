@@ -16,18 +16,12 @@ __all__ = ["evaluate", "compare", "load_eval_prompts", "metrics_table"]
 def load_eval_prompts(cfg):
     """The prompts of ``evaluation.split`` from the configured sources ('demo' or a list of files)."""
     from steermoe.errors import InputError
-    from steermoe.prompts import PromptSource, load_prompt_sources
+    from steermoe.prompts import select_split
+    from steermoe.stages import load_prompt_set
 
-    if cfg.prompts.sources == "demo":
-        from steermoe.demo.prompt_sets import load_demo_prompts
-
-        prompts = load_demo_prompts()
-    else:
-        prompts = load_prompt_sources(PromptSource(**s.model_dump()) for s in cfg.prompts.sources)
-    if cfg.evaluation.split != "all":
-        prompts = prompts[prompts["split"] == cfg.evaluation.split].reset_index(drop=True)
+    prompts = select_split(load_prompt_set(cfg.prompts), cfg.evaluation.split)
     if len(prompts) == 0:
-        raise InputError(f"evaluation.split: no prompts with split {cfg.evaluation.split!r}; set evaluation.split=all or add a split")
+        raise InputError(f"evaluation.split: no prompts with split {cfg.evaluation.split!r} ; set evaluation.split=all or add a split")
     return prompts
 
 

@@ -17,16 +17,10 @@ __all__ = ["collect", "load_routing_prompts", "summary_table"]
 def load_routing_prompts(cfg):
     """The prompts of ``routing.split`` from the configured sources ('demo' or a list of files)."""
     from steermoe.errors import InputError
-    from steermoe.prompts import PromptSource, load_prompt_sources
+    from steermoe.prompts import select_split
+    from steermoe.stages import load_prompt_set
 
-    if cfg.prompts.sources == "demo":
-        from steermoe.demo.prompt_sets import load_demo_prompts
-
-        prompts = load_demo_prompts()
-    else:
-        prompts = load_prompt_sources(PromptSource(**s.model_dump()) for s in cfg.prompts.sources)
-    if cfg.routing.split != "all":
-        prompts = prompts[prompts["split"] == cfg.routing.split].reset_index(drop=True)
+    prompts = select_split(load_prompt_set(cfg.prompts), cfg.routing.split)
     if len(prompts) == 0:
         raise InputError(f"routing.split: no prompts with split {cfg.routing.split!r} in the prompt sources; set routing.split=all or add a split")
     return prompts
