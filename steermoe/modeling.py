@@ -24,6 +24,7 @@ __all__ = [
     "render_chat",
     "GenerationOutput",
     "generate",
+    "trim_generated",
 ]
 
 
@@ -107,15 +108,14 @@ class GenerationOutput:
     texts: list[str]
 
 
-def _trim_generated(row: Sequence[int], eos_ids: set[int], pad_id: int | None) -> list[int]:
+def trim_generated(row: Sequence[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], str]:
+    """Generated ids up to and including the first EOS, at most ``max_new_tokens``; and why it stopped."""
     out = []
-    for t in row:
-        t = int(t)
-        out.append(t)
-        if t in eos_ids:
-            break
-    # Pad-after-EOS is removed above; a sequence that hit max_new_tokens has no padding.
-    return out
+    for t in list(row)[:max_new_tokens]:
+        out.append(int(t))
+        if int(t) in eos_ids:
+            return out, "eos"
+    return out, "length"
 
 
 def eos_ids_of(model, tokenizer) -> set[int]:
@@ -169,7 +169,7 @@ def generate(
         for i in range(len(batch)):
             mask = enc["attention_mask"][i].bool()
             prompts_ids.append(enc["input_ids"][i][mask].tolist())
-            gen = _trim_generated(out[i, width:].tolist(), eos_ids, tokenizer.pad_token_id)
+            gen, _ = trim_generated(out[i, width:].tolist(), eos_ids, max_new_tokens)
             generated.append(gen)
             texts.append(tokenizer.decode(gen, skip_special_tokens=True))
         bar.update(len(batch))

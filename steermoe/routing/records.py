@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import numpy as np
 import pyarrow as pa
 
+from steermoe.modeling import trim_generated  # re-exported: the routing backends trim with it
 from steermoe.routing.store import GENERATION, PROMPT, tokens_table
 
 __all__ = ["SequenceRouting", "trim_generated", "shard_tables"]
@@ -46,16 +47,6 @@ class SequenceRouting:
         assert len(self.prompt_experts) == len(self.prompt_token_ids), "one prompt routing row per prompt token"
         n_gen = len(self.generated_token_ids) - (1 if self.stop == "eos" else 0)
         assert len(self.generated_experts) == n_gen, f"{len(self.generated_experts)} generation rows for {n_gen} tokens"
-
-
-def trim_generated(row: Sequence[int], eos_ids: set[int], max_new_tokens: int) -> tuple[list[int], str]:
-    """Generated ids up to and including the first EOS, at most ``max_new_tokens``; and why it stopped."""
-    out = []
-    for t in list(row)[:max_new_tokens]:
-        out.append(int(t))
-        if int(t) in eos_ids:
-            return out, "eos"
-    return out, "length"
 
 
 def _concat(parts: list[np.ndarray | None]) -> np.ndarray | None:
