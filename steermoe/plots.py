@@ -46,6 +46,10 @@ def risk_heatmap(table: pd.DataFrame, path: str | Path, title: str | None = None
     ax.set_yticks(range(0, n_layers, step), [str(v) for v in grid.index[::step]])
     ax.set_title(title or "risk difference P(top-k | unsafe) - P(top-k | safe)")
     fig.colorbar(image, ax=ax, label="risk difference")
+    return _save(plt, fig, path)
+
+
+def _save(plt, fig, path: str | Path) -> Path:
     fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -69,12 +73,7 @@ def top_experts_chart(table: pd.DataFrame, path: str | Path, top_n: int = 20, ti
     confidence = table.attrs.get("confidence", 0.95)
     ax.set_xlabel(f"risk difference ({confidence:.0%} Newcombe interval)")
     ax.set_title(title or f"top {len(top)} experts by risk difference")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def save_plots(table: pd.DataFrame, out_dir: str | Path, top_n: int = 20) -> dict[str, Path]:
