@@ -94,7 +94,11 @@ class GenerationConfig(Section):
 
 
 class RoutingConfig(Section):
-    backend: Literal["hf", "vllm"] = Field("hf", description="Generation engine: 'hf' (transformers) or 'vllm'.")
+    backend: Literal["hf", "hf_static", "vllm"] = Field(
+        "hf",
+        description="Generation engine: 'hf' (transformers generate), 'hf_static' (static KV cache; on GPU each decode step "
+        "is a replayed CUDA graph, routing recorded inside it) or 'vllm'.",
+    )
     mode: Literal["inline", "two_phase"] = Field("inline", description="Record during generation, or generate first and record in a teacher-forced pass.")
     split: Literal["train", "eval", "all"] = Field("train", description="Which prompt split to collect routing on.")
     record_logits: bool = Field(False, description="Also store router logits (fp16); large.")

@@ -30,6 +30,7 @@ __all__ = [
     "prepare_model_stage",
     "validate_prompts_stage",
     "collect_routing_stage",
+    "collect_with_backend",
     "risk_difference_stage",
     "select_experts_stage",
     "finetune_stage",
@@ -179,30 +180,32 @@ def _load(model_cfg, model_path: str):
 
 def collect_routing_stage(cfg, model_path: str, prompts_path: str, out_dir: str | Path) -> dict:
     """Answer the routing split's prompts with the base model while recording every router's choices."""
-    from steermoe.routing import collect_routing
-
     prompts = read_prompt_snapshot(prompts_path, cfg.routing.split)
-    model, tokenizer = _load(cfg.model, model_path)
-    g, r = cfg.generation, cfg.routing
-    store = collect_routing(
-        model,
-        tokenizer,
-        prompts,
-        Path(out_dir) / "store",
-        max_new_tokens=g.max_new_tokens,
-        batch_size=g.batch_size,
-        do_sample=g.do_sample,
-        temperature=g.temperature,
-        top_p=g.top_p,
-        seed=g.seed,
-        chat_template_kwargs=g.chat_template_kwargs,
-        record_logits=r.record_logits,
-        record_weights=r.record_weights,
-        shard_sequences=r.shard_sequences,
-        mode=r.mode,
-    )
+    store = collect_with_backend(cfg, model_path, prompts, Path(out_dir) / "store")
     counts = store.manifest.get("counts", {})
     return {"store_path": str(store.path), **{k: int(v) for k, v in counts.items()}}
+
+
+def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Path, progress: bool = True):
+    """Routing collection with the engine ``routing.backend`` names: 'hf', 'hf_static' or 'vllm' (same store format)."""
+    from steermoe.routing import collect_routing
+
+    g, r = cfg.generation, cfg.routing
+    common = dict(
+        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, do_sample=g.do_sample, temperature=g.temperature,
+        top_p=g.top_p, seed=g.seed, chat_template_kwargs=g.chat_template_kwargs, record_logits=r.record_logits,
+        record_weights=r.record_weights, shard_sequences=r.shard_sequences, progress=progress,
+    )
+    if r.backend == "vllm":
+        from steermoe.modeling import load_tokenizer
+        from steermoe.routing.vllm_backend import collect_routing_vllm
+
+        dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else "float32"
+        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        return collect_routing_vllm(model_path, tokenizer, prompts, out_dir, mode=r.mode, dtype=dtype, **common)
+    model, tokenizer = _load(cfg.model, str(model_path))
+    engine = "static" if r.backend == "hf_static" else "generate"
+    return collect_routing(model, tokenizer, prompts, out_dir, mode=r.mode, engine=engine, **common)
 
 
 def risk_difference_stage(analysis_cfg, store_path: str, out_dir: str | Path) -> dict:

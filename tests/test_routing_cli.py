@@ -59,3 +59,25 @@ def test_demo_prompt_source_is_filtered_by_split():
     assert len(train) > 0 and set(train["split"]) == {"train"} and set(train["label"]) == {"safe", "unsafe"}
     cfg.routing.split = "all"
     assert len(load_routing_prompts(cfg)) > len(train)
+
+
+def test_backend_setting_picks_the_engine(setup, capsys):
+    import numpy as np
+    import pandas as pd
+
+    from steermoe.config import load_config
+    from steermoe.errors import InputError
+    from steermoe.stages import collect_with_backend
+
+    root, config = setup
+    assert run_app(["collect", "--config", str(config), "--set", "routing.backend=hf_static", "--out", str(root / "static")]) == 0
+    assert "backend hf_static" in capsys.readouterr().out
+    static, hf = RoutingStore(root / "static"), RoutingStore(root / "store")
+    if not hf.complete:
+        assert run_app(["collect", "--config", str(config), "--out", str(root / "store")]) == 0
+    assert static.manifest["generation"]["backend"] == "hf_static" and hf.manifest["generation"]["backend"] == "hf"
+    for a, b in zip(static.iter_shards(), hf.iter_shards()):
+        np.testing.assert_array_equal(a.experts, b.experts)
+    cfg = load_config(config, ["routing.backend=vllm"])
+    with pytest.raises(InputError, match="no prompts|needs vLLM"):  # dispatched to the vLLM backend, which checks first
+        collect_with_backend(cfg, root / "model", pd.DataFrame(columns=["id", "prompt"]), root / "vllm")

@@ -58,24 +58,14 @@ def collect(
 ) -> None:
     """Answer the prompts with the model while recording every MoE router's top-k; resumes an interrupted run."""
     from steermoe.config import load_config
-    from steermoe.errors import InputError
-    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
-    from steermoe.routing import collect_routing
+    from steermoe.modeling import resolve_model_path
+    from steermoe.stages import collect_with_backend
 
     cfg = load_config(config, overrides or [])
-    if cfg.routing.backend != "hf":
-        raise InputError(f"routing.backend: {cfg.routing.backend!r} is not available in `steermoe collect` yet; use routing.backend=hf")
     prompts = load_routing_prompts(cfg)
     path = resolve_model_path(cfg.model, cfg.cache_dir)
-    with console.status(f"loading {path}"):
-        model = load_model(path, cfg.model.dtype, cfg.model.device, cfg.model.trust_remote_code)
-        tokenizer = load_tokenizer(path, cfg.model.trust_remote_code)
     out = out or Path(cfg.output_dir) / cfg.run_name / "routing"
-    g, r = cfg.generation, cfg.routing
     started = time.perf_counter()
-    store = collect_routing(
-        model, tokenizer, prompts, out, max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, do_sample=g.do_sample,
-        temperature=g.temperature, top_p=g.top_p, seed=g.seed, chat_template_kwargs=g.chat_template_kwargs,
-        record_logits=r.record_logits, record_weights=r.record_weights, shard_sequences=r.shard_sequences, mode=r.mode,
-    )
+    console.print(f"collecting routing with backend {cfg.routing.backend} ({path})")
+    store = collect_with_backend(cfg, path, prompts, out)
     console.print(summary_table(store, time.perf_counter() - started))

@@ -25,6 +25,7 @@ from steermoe.routing.hf_backend import (
     generate_batch,
     inline_batch,
     split_on_oom,
+    static_inline_batch,
     teacher_forced_batch,
 )
 from steermoe.routing.recorder import RouterRecorder
@@ -87,7 +88,13 @@ def run_collection(
     prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, header: dict, run_batch: BatchFn, *,
     batch_size: int, shard_sequences: int, progress: bool = True, on_shard: Callable[[int], None] | None = None,
 ) -> RoutingStore:
-    """Backend-independent driver: write every missing shard, then finish the manifest."""
+    """Backend-independent driver: write every missing shard, then finish the manifest.
+
+    A shard is encoded and written on a background thread while the next one is generated (Parquet encoding
+    releases the GIL); at most one write is in flight, and ``on_shard`` runs once its shard is on disk.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     from tqdm.auto import tqdm
 
     writer = RoutingStoreWriter(out_dir, header)
@@ -97,25 +104,45 @@ def run_collection(
     rows = prompts_df.to_dict("records")
     bar = tqdm(total=n, desc="routing", unit="seq", disable=not progress)
     bar.update(sum(min(shard_sequences, n - s * shard_sequences) for s in shards if s in done))
-    tokens, started, state = 0, time.perf_counter(), {"batch_size": batch_size, "tokens": 0}
-    for s in shards:
-        if s in done:
-            continue
-        lo, hi = s * shard_sequences, min(n, (s + 1) * shard_sequences)
+    started, state = time.perf_counter(), {"batch_size": batch_size, "tokens": 0}
+    pending: list = []  # (shard index, future of its token count)
 
-        def run(chunk, offset, lo=lo):
-            out = run_batch(chunk, lo + offset)
-            state["tokens"] += sum(len(r.prompt_experts) + len(r.generated_experts) for r in out)
-            bar.update(len(chunk))
-            bar.set_postfix(tok_s=f"{state['tokens'] / max(time.perf_counter() - started, 1e-9):.0f}")
-            return out
-
-        routed, state["batch_size"] = split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], state["batch_size"])
+    def write(s: int, lo: int, hi: int, routed: list) -> int:
         sequences, table = shard_tables(lo, rows[lo:hi], routed)
         writer.write_shard(s, sequences, table)
-        tokens += table.num_rows
-        if on_shard:
-            on_shard(s)
+        return table.num_rows
+
+    def settle() -> int:
+        written = 0
+        while pending:
+            s, future = pending.pop(0)
+            written += future.result()
+            if on_shard:
+                on_shard(s)
+        return written
+
+    tokens = 0
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="routing-shard-writer") as pool:
+        try:
+            for s in shards:
+                if s in done:
+                    continue
+                lo, hi = s * shard_sequences, min(n, (s + 1) * shard_sequences)
+
+                def run(chunk, offset, lo=lo):
+                    out = run_batch(chunk, lo + offset)
+                    state["tokens"] += sum(len(r.prompt_experts) + len(r.generated_experts) for r in out)
+                    bar.update(len(chunk))
+                    bar.set_postfix(tok_s=f"{state['tokens'] / max(time.perf_counter() - started, 1e-9):.0f}")
+                    return out
+
+                routed, state["batch_size"] = split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], state["batch_size"])
+                tokens += settle()  # the previous shard is on disk before this one starts writing
+                pending.append((s, pool.submit(write, s, lo, hi, routed)))
+            tokens += settle()
+        finally:
+            for _, future in pending:
+                future.cancel()
     bar.close()
     elapsed = time.perf_counter() - started
     return writer.finish(
@@ -130,19 +157,23 @@ def collect_routing(
     seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
     shard_sequences: int = 64, mode: str = "inline", progress: bool = True,
     generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
-    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None,
+    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None, engine: str = "generate",
 ) -> RoutingStore:
     """Answer every prompt with ``model`` and record the routing of every prompt and generated token.
 
     ``mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
     ``generate_fn(prompt_token_ids, first_seq)`` if given, e.g. a compiled or vLLM engine; else plain HF
     ``generate`` with ``generate_kwargs``) and records in one teacher-forced forward per batch.
+    ``engine="static"`` decodes with :class:`~steermoe.routing.static_decode.StaticDecoder` (static KV cache;
+    on CUDA each step a replayed graph, routing recorded inside it) instead of ``model.generate``.
     Re-running with the same arguments resumes: only missing shards are computed.
     """
     from steermoe.prompts import fingerprint as prompts_fingerprint
 
     if mode not in ("inline", "two_phase"):
         raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
+    if engine not in ("generate", "static"):
+        raise InputError(f"engine: {engine!r} is not one of generate, static")
     if len(prompts_df) == 0:
         raise InputError("no prompts to collect routing on; check routing.split and the prompt sources")
     if tokenizer.pad_token_id is None:
@@ -154,7 +185,7 @@ def collect_routing(
             "model": model_header(model, recorder, fingerprint),
             "tokenizer": tokenizer_fingerprint(tokenizer),
             "generation": {
-                "backend": "hf", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+                "backend": "hf" if engine == "generate" else "hf_static", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
                 "temperature": temperature, "top_p": top_p, "seed": seed, "chat_template_kwargs": chat_template_kwargs or {},
                 "generation_segment": GENERATION_SEGMENT,
             },
@@ -163,7 +194,19 @@ def collect_routing(
         }
         eos = eos_ids_of(model, tokenizer)
 
+        decoder = None
+        if engine == "static":
+            from steermoe.routing.static_decode import StaticDecoder
+
+            decoder = StaticDecoder(
+                model, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, max_new_tokens=max_new_tokens, do_sample=do_sample,
+                temperature=temperature, top_p=top_p, seed=seed,
+            )
+            generate_fn = generate_fn or decoder
+
         def inline(chunk, first_seq):
+            if decoder is not None:
+                return static_inline_batch(decoder, tokenizer, recorder, chunk, first_seq)
             return inline_batch(model, tokenizer, recorder, chunk, replace(params, seed=seed + first_seq))
 
         def two_phase(chunk, first_seq):

@@ -18,7 +18,10 @@ import numpy as np
 from steermoe.routing.recorder import Capture, RouterRecorder
 from steermoe.routing.records import SequenceRouting, trim_generated
 
-__all__ = ["HFGenerationParams", "left_pad", "eos_ids_of", "inline_batch", "generate_batch", "teacher_forced_batch", "split_on_oom"]
+__all__ = [
+    "HFGenerationParams", "left_pad", "eos_ids_of", "inline_batch", "static_inline_batch", "generate_batch", "teacher_forced_batch",
+    "split_on_oom",
+]
 
 
 @dataclass(frozen=True)
@@ -115,6 +118,25 @@ def inline_batch(model, tokenizer, recorder: RouterRecorder, prompts: Sequence[S
     result = []
     for i, prompt in enumerate(prompts):
         gen, stop = trim_generated(gen_rows[i], eos, n)
+        kept = len(gen) - (stop == "eos")
+        assert width + kept <= cap.filled, "a kept token was never fed through the model"
+        result.append(_routed(tokenizer, prompt, gen, stop, cap, i, (width - len(prompt), width), (width, width + kept)))
+    return result
+
+
+def static_inline_batch(decoder, tokenizer, recorder: RouterRecorder, prompts: Sequence[Sequence[int]], first_seq: int = 0) -> list[SequenceRouting]:
+    """Like :func:`inline_batch`, generating with a :class:`~steermoe.routing.static_decode.StaticDecoder`
+    whose (graph-replayed) steps record through the recorder's device cursor."""
+    eos = set(decoder.eos)
+    try:
+        generated, filled = decoder.generate(prompts, first_seq, recorder=recorder)
+        cap = recorder.end_batch(filled)
+    finally:
+        recorder.abort_batch()
+    width = max(len(p) for p in prompts)
+    result = []
+    for i, (prompt, gen) in enumerate(zip(prompts, generated)):
+        stop = "eos" if gen and gen[-1] in eos else "length"
         kept = len(gen) - (stop == "eos")
         assert width + kept <= cap.filled, "a kept token was never fed through the model"
         result.append(_routed(tokenizer, prompt, gen, stop, cap, i, (width - len(prompt), width), (width, width + kept)))

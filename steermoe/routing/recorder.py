@@ -6,7 +6,9 @@ Two ways to use :class:`RouterRecorder`:
   of device tensors; :meth:`RouterRecorder.stacked` concatenates them into ``(tokens, layers, k)`` host arrays.
 * batch mode (generation): :meth:`RouterRecorder.start_batch` preallocates device buffers
   ``(batch, capacity, layers, k)``; each router call writes its ``(batch, steps, k)`` indices at that
-  layer's cursor; :meth:`RouterRecorder.end_batch` moves the buffers to host once.
+  layer's cursor; :meth:`RouterRecorder.end_batch` moves the buffers to host once. With a device-side
+  ``position`` the writes go to ``position + arange(steps)`` instead of a host cursor, and buffers of one
+  shape are reused from batch to batch: a CUDA graph captured over the hooks then keeps recording when replayed.
 
 The hook reads the indices the router itself returned (never a recomputed top-k), so what is recorded
 is what the experts module was given to dispatch.
@@ -65,6 +67,8 @@ class RouterRecorder:
         self._calls: list[list[tuple]] = [[] for _ in self.layers]
         self._buffers: dict | None = None
         self._cursor: list[int] = []
+        self._position = None  # device cursor (one long), when the caller moves it
+        self._kept: dict[tuple[int, int], dict] = {}  # device-cursor buffers by (batch, capacity), reused
         self.enabled = True
 
     # -- hooks --------------------------------------------------------------------------------
@@ -98,10 +102,20 @@ class RouterRecorder:
         return hook
 
     def _write(self, slot: int, idx, w, lg) -> None:
+        import torch
+
         b = self._batch
         tokens = idx.shape[0]
         assert tokens % b == 0, f"router saw {tokens} tokens, not a multiple of the batch {b}"
         steps = tokens // b
+        if self._position is not None:
+            # (steps,) on the device: no host sync; inside a graph capture the arange belongs to the graph's own pool.
+            where = self._position + torch.arange(steps, device=idx.device)
+            for name, part in (("experts", idx), ("weights", w), ("logits", lg)):
+                if part is not None:
+                    buf = self._buffers[name]
+                    buf[:, :, slot].index_copy_(1, where, part.view(b, steps, -1).to(buf.dtype))
+            return
         c = self._cursor[slot]
         assert c + steps <= self._capacity, "more positions than the buffer was sized for"
         self._buffers["experts"][:, c : c + steps, slot].copy_(idx.view(b, steps, -1))
@@ -112,31 +126,58 @@ class RouterRecorder:
         self._cursor[slot] = c + steps
 
     # -- batch mode ---------------------------------------------------------------------------
-    def start_batch(self, batch: int, capacity: int, device=None) -> None:
-        """Preallocate device buffers for ``batch`` rows of up to ``capacity`` positions each."""
-        import torch
+    def start_batch(self, batch: int, capacity: int, device=None, position=None) -> None:
+        """Preallocate device buffers for ``batch`` rows of up to ``capacity`` positions each.
+
+        ``position``: a one-element device long tensor the caller sets before each forward (device-cursor mode).
+        """
 
         device = device or self.moe[0].router.weight.device
         n_layers = len(self.layers)
         self._batch, self._capacity = batch, capacity
         self._cursor = [0] * n_layers
-        self._buffers = {"experts": torch.zeros(batch, capacity, n_layers, self.top_k, dtype=torch.int16, device=device)}
-        if self.record_weights:
-            self._buffers["weights"] = torch.zeros(batch, capacity, n_layers, self.top_k, dtype=torch.float16, device=device)
-        if self.record_logits:
-            self._buffers["logits"] = torch.zeros(batch, capacity, n_layers, self.num_experts, dtype=torch.float16, device=device)
+        self._position = position
+        if position is not None:
+            if (batch, capacity) not in self._kept:
+                self._kept.clear()  # one shape at a time: a new shape frees the old buffers
+                self._kept[(batch, capacity)] = self._allocate(batch, capacity, n_layers, device)
+            self._buffers = self._kept[(batch, capacity)]
+            return
+        self._buffers = self._allocate(batch, capacity, n_layers, device)
 
-    def end_batch(self) -> Capture:
-        """Move the batch's buffers to host (one copy each) and leave batch mode."""
+    def buffers_token(self) -> tuple:
+        """Identity of the current batch buffers (a graph captured over the hooks is valid while this is unchanged)."""
+        if self._buffers is None or not self.enabled:
+            return ()
+        return tuple((name, buf.data_ptr()) for name, buf in sorted(self._buffers.items()))
+
+    def _allocate(self, batch: int, capacity: int, n_layers: int, device) -> dict:
+        import torch
+
+        buffers = {"experts": torch.zeros(batch, capacity, n_layers, self.top_k, dtype=torch.int16, device=device)}
+        if self.record_weights:
+            buffers["weights"] = torch.zeros(batch, capacity, n_layers, self.top_k, dtype=torch.float16, device=device)
+        if self.record_logits:
+            buffers["logits"] = torch.zeros(batch, capacity, n_layers, self.num_experts, dtype=torch.float16, device=device)
+        return buffers
+
+    def end_batch(self, filled: int | None = None) -> Capture:
+        """Move the batch's buffers to host (one copy each) and leave batch mode.
+
+        ``filled``: positions written, required in device-cursor mode (the caller moved the cursor).
+        """
         assert self._buffers is not None, "end_batch without start_batch"
-        filled = self._cursor[0]
-        assert all(c == filled for c in self._cursor), f"layers saw different numbers of positions: {self._cursor}"
+        if self._position is None:
+            filled = self._cursor[0]
+            assert all(c == filled for c in self._cursor), f"layers saw different numbers of positions: {self._cursor}"
+        assert filled is not None and filled <= self._capacity, "device-cursor mode needs end_batch(filled)"
         host = {name: buf[:, :filled].cpu().numpy() for name, buf in self._buffers.items()}
-        self._buffers = None
+        self.abort_batch()
         return Capture(host["experts"], host.get("weights"), host.get("logits"), filled)
 
     def abort_batch(self) -> None:
         self._buffers = None
+        self._position = None
 
     # -- free mode ----------------------------------------------------------------------------
     def reset(self) -> None:

@@ -206,6 +206,7 @@ class RoutingStoreWriter:
             self.manifest = {"format_version": FORMAT_VERSION, **header, "shards": {}, "complete": False}
             _atomic_write_json(self.manifest, manifest_path)
         self._drop_unlisted()
+        self._intact: set[int] | None = None  # shards verified by checksum or written by this writer
 
     def _drop_unlisted(self) -> None:
         # Leftovers of a killed run: temp files, or a shard written but not yet in the manifest.
@@ -231,6 +232,7 @@ class RoutingStoreWriter:
             )
             if ok:
                 done.add(int(name.split("-")[1]))
+        self._intact = set(done)
         return done
 
     def write_shard(self, index: int, sequences: pd.DataFrame | pa.Table, tokens: pa.Table) -> None:
@@ -250,10 +252,14 @@ class RoutingStoreWriter:
             "tokens_sha256": _sha256(tok_path),
         }
         _atomic_write_json(self.manifest, self.path / "manifest.json")
+        if self._intact is not None:
+            self._intact.add(index)
 
     def finish(self, expected_shards: Sequence[int] | None = None, **summary) -> RoutingStore:
         if expected_shards is not None:
-            missing = set(expected_shards) - self.done_shards()
+            # Shards checked at start or written since need no second read of every file.
+            intact = self._intact if self._intact is not None else self.done_shards()
+            missing = set(expected_shards) - intact
             assert not missing, f"shards {sorted(missing)} were not written"
         shards = self.manifest["shards"].values()
         self.manifest["counts"] = {
