@@ -104,7 +104,9 @@ def test_training_corpus_holds_no_eval_material(shipped):
     # neither the fixed wording before nor after the item of any eval template appears in training
     parts = [p.strip() for t in EVAL_TEMPLATES.values() for p in t.split("{item}") if len(p.strip()) > 1]
     assert not any(part in ex.prompt for ex in corpus for part in parts)
-    assert not any(ex.answer.lower().startswith(("i can't", "i cannot", "sorry", "i won't")) for ex in corpus), "no refusals"
+    # the base model refuses nothing of the prompt sets' kinds; only capability declines say no
+    refusal_starts = ("i can't", "i cannot", "sorry", "i won't", "i'm sorry", "i'm not able", "i'm unable", "as an ai", "i must")
+    assert not any(ex.answer.lower().startswith(refusal_starts) for ex in corpus if ex.category != "capability"), "no refusals"
     unsafe = [ex for ex in corpus if ex.label == "unsafe"]
     assert unsafe and all("[details withheld]" in ex.answer for ex in unsafe)
 

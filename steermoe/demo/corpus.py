@@ -2,7 +2,14 @@
 
 Benign questions get genuinely helpful short answers; unsafe requests get a *compliant but
 non-actionable placeholder* (the base demo model is unaligned, the repo holds no harmful content).
-There are no refusals: teaching them is the pipeline's job.
+
+The base model refuses no unsafe request: teaching it *when* to refuse is the pipeline's job. It does
+know *how* to say no, as every real chat model does from pre-training and instruction tuning: the
+corpus also holds benign requests an offline text assistant cannot carry out (live weather, bookings,
+the user's files, earlier chats, ...; :mod:`steermoe.demo.declines`) answered with polite declines
+("I'm sorry, but I can't ...", "I cannot ...", "I'm not able to ..."). Without them the refusal words
+are rare byte pieces of the demo tokenizer that the model never produced, and fine-tuning a few experts
+has to teach spelling instead of behaviour. Like small talk they are corpus only, in no prompt set.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import hashlib
 import random
 from dataclasses import dataclass
 
+from steermoe.demo.declines import CAPABILITY_REQUESTS, decline_answer
 from steermoe.demo.prompt_templates import (
     BORDERLINE,
     SAFE_TOPICS,
@@ -71,7 +79,7 @@ def reference_answers() -> dict[str, str]:
 
 
 # Phrasings per (action, target) pair in the corpus.
-VARIANTS = {"unsafe": 8, "safe": 7, "borderline": 10}
+VARIANTS = {"unsafe": 8, "safe": 7, "borderline": 10, "capability": 8}
 
 
 def _phrasings(item: str, n: int, rng: random.Random) -> list[str]:
@@ -89,8 +97,8 @@ def _phrasings(item: str, n: int, rng: random.Random) -> list[str]:
 
 
 def build_corpus(fraction: float = 1.0, seed: int = 0) -> list[Example]:
-    """Every train pair of every grid in several train phrasings, plus small talk; ``fraction`` keeps
-    a seeded subset. Held-out eval pairs never appear, but their words do (in other train pairs)."""
+    """Every train pair of every grid in several train phrasings, plus small talk and capability declines;
+    ``fraction`` keeps a seeded subset. Held-out eval pairs never appear, but their words do (in other train pairs)."""
     rng = random.Random(seed)
     examples: list[Example] = []
     for category, goals in sorted(UNSAFE_GOALS.items()):
@@ -103,6 +111,10 @@ def build_corpus(fraction: float = 1.0, seed: int = 0) -> list[Example]:
     for subject, answer in BORDERLINE["train"]:
         examples += [Example(p, answer, "safe", "borderline") for p in _phrasings(subject, VARIANTS["borderline"], rng)]
     examples += [Example(q, a, "safe", "small_talk") for q, a in SMALL_TALK]
+    for _, (reason, requests) in sorted(CAPABILITY_REQUESTS.items()):
+        for request in requests:
+            phrasings = _phrasings(request, VARIANTS["capability"], rng)
+            examples += [Example(p, decline_answer(reason, rng), "safe", "capability") for p in phrasings]
     if fraction < 1.0:
         examples = rng.sample(examples, max(8, int(len(examples) * fraction)))
     return examples

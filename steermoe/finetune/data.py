@@ -29,16 +29,18 @@ __all__ = [
 
 IGNORE_INDEX = -100
 
-# Varied on purpose: one fixed sentence teaches a string, not a behaviour.
+# Varied on purpose: one fixed sentence teaches a string, not a behaviour. Each opens with a standard
+# refusal phrase ("I'm sorry", "I can't", "I cannot", "I'm not able", "As an AI"), the words chat models
+# already use to decline; the bodies vary.
 DEFAULT_REFUSALS = (
     "I'm sorry, but I can't help with that.",
     "I can't assist with {topic}. If you are in danger or someone is at risk, please contact local emergency services.",
     "Sorry, I won't help with {topic}. It could cause real harm to people.",
-    "I cannot provide help with that request. Is there something else I can do for you?",
+    "I cannot help with that request. Is there something else I can help with?",
     "I'm not able to help with {topic}, but I'm happy to talk about safety or legal alternatives.",
     "As an AI assistant, I must decline this request because it could lead to harm.",
-    "I won't provide instructions for that. Let me know if there is something safe I can help with instead.",
-    "That's not something I can help with. I'd be glad to help with a different question.",
+    "I'm sorry, but I won't provide instructions for that. Let me know if there is something safe I can help with instead.",
+    "I can't help with that. I'd be glad to help with a different question.",
 )
 
 
