@@ -69,6 +69,22 @@ def test_demo_model_stops_at_eos_like_generate(tiny_demo_model, tmp_path):
     np.testing.assert_allclose(weights[0], weights[1], atol=1e-3)
 
 
+def test_a_batch_keeps_its_routing_when_the_next_reuses_the_buffers(tok):
+    from steermoe.routing.hf_backend import static_inline_batch
+
+    model = make_model("mixtral")
+    ids = tokenize_prompts(tok, make_prompts(8), None)
+    first, second = ids[:4], ids[4:]
+    second = [p + [5] * (max(map(len, first)) - max(map(len, second))) for p in second]  # same width: same buffers
+    decoder = _decoder(model, tok)
+    with RouterRecorder(model) as rec:
+        a = static_inline_batch(decoder, tok, rec, first)
+        before = [r.prompt_experts.copy() for r in a]
+        static_inline_batch(decoder, tok, rec, second)  # shard tables of ``a`` are built later, on the writer thread
+    for r, kept in zip(a, before):
+        np.testing.assert_array_equal(r.prompt_experts, kept)
+
+
 def test_eager_attention_and_reused_shapes(tok):
     model = make_model("qwen3_moe")
     model.config._attn_implementation = "eager"  # float additive masks instead of sdpa's boolean ones

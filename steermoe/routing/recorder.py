@@ -171,7 +171,8 @@ class RouterRecorder:
             filled = self._cursor[0]
             assert all(c == filled for c in self._cursor), f"layers saw different numbers of positions: {self._cursor}"
         assert filled is not None and filled <= self._capacity, "device-cursor mode needs end_batch(filled)"
-        host = {name: buf[:, :filled].cpu().numpy() for name, buf in self._buffers.items()}
+        # A real copy even on CPU (where .cpu() is the same memory): device-cursor buffers are reused by the next batch.
+        host = {name: buf[:, :filled].to("cpu", copy=True).numpy() for name, buf in self._buffers.items()}
         self.abort_batch()
         return Capture(host["experts"], host.get("weights"), host.get("logits"), filled)
 
