@@ -120,9 +120,9 @@ def trim_generated(row: Sequence[int], eos_ids: set[int], max_new_tokens: int) -
 
 def eos_ids_of(model, tokenizer) -> set[int]:
     eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
+    ids = {int(e) for e in (eos if isinstance(eos, list) else [eos] if eos is not None else [])}
     if tokenizer.eos_token_id is not None:
-        ids.add(tokenizer.eos_token_id)
+        ids.add(int(tokenizer.eos_token_id))
     return ids
 
 

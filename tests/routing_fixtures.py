@@ -71,6 +71,14 @@ def make_prompts(n: int) -> pd.DataFrame:
     return pd.DataFrame(rows, dtype=object)
 
 
+def recorded_tokens(store):
+    """(seq, segment, position, token_id, sorted expert sets) of every token a store recorded, concatenated."""
+    import numpy as np
+
+    parts = [(s.seq, s.segment, s.position, s.token_id, np.sort(s.experts, -1)) for s in store.iter_shards()]
+    return [np.concatenate(p) for p in zip(*parts)]
+
+
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     """Tiny models run fastest on one thread; two cores shared with other test processes thrash otherwise."""

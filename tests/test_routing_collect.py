@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from steermoe.routing import GENERATION, PROMPT, RoutingStore, collect_routing
-from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread  # noqa: F401 (autouse fixture)
+from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread, recorded_tokens  # noqa: F401 (autouse fixture)
 
 KW = dict(max_new_tokens=10, batch_size=4, shard_sequences=4, progress=False)
 
@@ -16,19 +16,13 @@ def tok():
     return make_tokenizer()
 
 
-def _tokens(store):
-    """(seq, segment, position, token_id, sorted expert sets) of every recorded token."""
-    parts = [(s.seq, s.segment, s.position, s.token_id, np.sort(s.experts, -1)) for s in store.iter_shards()]
-    return [np.concatenate(p) for p in zip(*parts)]
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_inline_and_two_phase_agree(arch, tok, tmp_path):
     model = make_model(arch)
     prompts = make_prompts(6)
     inline = collect_routing(model, tok, prompts, tmp_path / "inline", mode="inline", **KW)
     two = collect_routing(model, tok, prompts, tmp_path / "two", mode="two_phase", **KW)
-    a, b = _tokens(inline), _tokens(two)
+    a, b = recorded_tokens(inline), recorded_tokens(two)
     for x, y in zip(a[:4], b[:4]):
         np.testing.assert_array_equal(x, y)  # same tokens, same positions
     agree = (a[4] == b[4]).all(-1).mean()  # per (token, layer)
@@ -63,7 +57,7 @@ def test_pads_and_tokens_after_eos_are_never_recorded(early_eos_model, tok, tmp_
     store = collect_routing(model, tok, prompts, tmp_path / "s", **{**KW, "batch_size": 8})
     seqs = store.sequences()
     assert (seqs["stop"] == "eos").any() and (seqs["stop"] == "length").any()
-    seq, segment, position, token_id, experts = _tokens(store)
+    seq, segment, position, token_id, experts = recorded_tokens(store)
     for row in seqs.itertuples():
         mine = seq == row.seq
         gen = list(row.generated_token_ids)
@@ -74,12 +68,12 @@ def test_pads_and_tokens_after_eos_are_never_recorded(early_eos_model, tok, tmp_
         np.testing.assert_array_equal(token_id[mine & (segment == GENERATION)], expected_gen)
         assert row.generated_tokens == len(expected_gen) and row.prompt_tokens == len(row.prompt_token_ids)
     assert (token_id != tok.pad_token_id).all()
-    two = _tokens(collect_routing(model, tok, prompts, tmp_path / "two", mode="two_phase", **{**KW, "batch_size": 8}))
+    two = recorded_tokens(collect_routing(model, tok, prompts, tmp_path / "two", mode="two_phase", **{**KW, "batch_size": 8}))
     for x, y in zip(two, (seq, segment, position, token_id, experts)):
         np.testing.assert_array_equal(x, y)  # two-phase trims at EOS the same way
     # Padding leaks nowhere: a sequence routed alone (no pads) gets the same prompt routing as in its padded batch.
     alone = collect_routing(model, tok, prompts.iloc[[0]].reset_index(drop=True), tmp_path / "alone", **KW)
-    a = _tokens(alone)
+    a = recorded_tokens(alone)
     first = (seq == 0) & (segment == PROMPT)
     np.testing.assert_array_equal(a[4][a[1] == PROMPT], experts[first])
 
@@ -139,7 +133,7 @@ def test_batch_halves_on_out_of_memory(tok, tmp_path):
         handle.remove()
     assert store.manifest["summary"]["final_batch_size"] == 2
     ref = collect_routing(model, tok, prompts, tmp_path / "ref", **{**KW, "batch_size": 2, "shard_sequences": 6})
-    for x, y in zip(_tokens(store), _tokens(ref)):
+    for x, y in zip(recorded_tokens(store), recorded_tokens(ref)):
         np.testing.assert_array_equal(x, y)
 
 
@@ -172,7 +166,7 @@ def test_demo_model_with_its_chat_template(tiny_demo_model, tmp_path):
     kw = {**KW, "max_new_tokens": 6, "chat_template_kwargs": {"enable_thinking": False}}
     inline = collect_routing(model, tok, prompts, tmp_path / "inline", **kw)
     two = collect_routing(model, tok, prompts, tmp_path / "two", mode="two_phase", **kw)
-    a, b = _tokens(inline), _tokens(two)
+    a, b = recorded_tokens(inline), recorded_tokens(two)
     np.testing.assert_array_equal(a[3], b[3])
     assert (a[4] == b[4]).all(-1).mean() >= 0.999
     from steermoe.modeling import model_fingerprint

@@ -14,7 +14,7 @@ from steermoe.routing.collect import tokenize_prompts
 from steermoe.routing.hf_backend import HFGenerationParams, generate_batch
 from steermoe.routing.recorder import RouterRecorder
 from steermoe.routing.static_decode import StaticDecoder
-from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread  # noqa: F401 (autouse fixture)
+from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread, recorded_tokens  # noqa: F401 (autouse fixture)
 
 KW = dict(max_new_tokens=10, batch_size=4, shard_sequences=4, progress=False)
 
@@ -28,22 +28,17 @@ def _decoder(model, tok, n=10, **kw):
     return StaticDecoder(model, pad_token_id=tok.pad_token_id, eos_token_ids=[2], max_new_tokens=n, **kw)
 
 
-def _tokens(store):
-    parts = [(s.seq, s.segment, s.position, s.token_id, np.sort(s.experts, -1)) for s in store.iter_shards()]
-    return [np.concatenate(p) for p in zip(*parts)]
-
-
 @pytest.mark.parametrize("arch", sorted(ARCHS))
 def test_greedy_tokens_and_routing_equal_generate(arch, tok, tmp_path):
     model = make_model(arch)
     prompts = make_prompts(6)  # lengths differ: left padding
     ids = tokenize_prompts(tok, prompts, None)
     assert _decoder(model, tok)(ids) == generate_batch(model, tok, ids, HFGenerationParams(max_new_tokens=10))
-    reference = _tokens(collect_routing(model, tok, prompts, tmp_path / "hf", **KW))
+    reference = recorded_tokens(collect_routing(model, tok, prompts, tmp_path / "hf", **KW))
     for mode in ("inline", "two_phase"):
         store = collect_routing(model, tok, prompts, tmp_path / mode, engine="static", mode=mode, **KW)
         assert store.manifest["generation"]["backend"] == "hf_static"
-        for ours, theirs in zip(_tokens(store), reference):
+        for ours, theirs in zip(recorded_tokens(store), reference):
             np.testing.assert_array_equal(ours, theirs)  # every token, position and expert set
 
 
@@ -63,7 +58,7 @@ def test_demo_model_stops_at_eos_like_generate(tiny_demo_model, tmp_path):
     a, b = hf.sequences(), static.sequences()
     assert (a["stop"] == "eos").any()
     assert list(a["generated_text"]) == list(b["generated_text"]) and list(a["stop"]) == list(b["stop"])
-    for ours, theirs in zip(_tokens(static), _tokens(hf)):
+    for ours, theirs in zip(recorded_tokens(static), recorded_tokens(hf)):
         np.testing.assert_array_equal(ours, theirs)
     weights = [np.concatenate([s.weights for s in store.iter_shards(weights=True)]) for store in (hf, static)]
     np.testing.assert_allclose(weights[0], weights[1], atol=1e-3)

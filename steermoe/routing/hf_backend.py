@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from steermoe.modeling import eos_ids_of  # noqa: F401 (re-exported: the backends and benchmarks use it from here)
 from steermoe.routing.recorder import Capture, RouterRecorder
 from steermoe.routing.records import SequenceRouting, trim_generated
 
@@ -32,14 +33,6 @@ class HFGenerationParams:
     top_p: float = 1.0
     seed: int = 0
     generate_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. cache_implementation="static"
-
-
-def eos_ids_of(model, tokenizer) -> set[int]:
-    eos = getattr(model.generation_config, "eos_token_id", None)
-    ids = set(eos if isinstance(eos, list) else [eos] if eos is not None else [])
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    return ids
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Any, Any, Any]:
