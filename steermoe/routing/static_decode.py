@@ -41,7 +41,8 @@ class _Slot:
 
 
 class StaticDecoder:
-    """``generate_fn`` for two-phase routing capture: ``decoder(prompt_token_ids, first_seq) -> generated ids``.
+    """Batched decoding with a static cache: ``decoder(prompt_token_ids, first_seq) -> generated ids`` (a
+    ``generate_fn`` for two-phase capture), or ``decoder.generate(..., recorder=...)`` recording as it decodes.
 
     Greedy by default; with ``do_sample`` it samples with temperature and top-p from a generator seeded with
     ``seed + first_seq`` (the same per-batch seeding as the HF backend, not the same random stream).
