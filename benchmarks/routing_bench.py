@@ -186,15 +186,26 @@ def graph_variants(model, tok, prompts, params, args, tmp: Path) -> tuple[list, 
 
 
 def set_agreement(a: Path, b: Path) -> dict | None:
-    """Share of (token, layer) expert sets two stores agree on, overall and per MoE layer (same tokens needed)."""
-    from steermoe.routing import RoutingStore
+    """Share of (token, layer) expert sets two stores agree on: overall, per MoE layer, per segment; and how varied
+    the generated tokens are (a random-weight model often repeats a few tokens, so one near-tied router can
+    move the whole figure)."""
+    from steermoe.routing import PROMPT, RoutingStore
 
-    x, y = ([np.concatenate([np.sort(s.experts, -1) for s in RoutingStore(p).iter_shards()])] for p in (a, b))
-    x, y = x[0], y[0]
+    def load(path):
+        shards = list(RoutingStore(path).iter_shards())
+        return (np.concatenate([np.sort(s.experts, -1) for s in shards]), np.concatenate([s.segment for s in shards]),
+                np.concatenate([s.token_id for s in shards]))
+
+    (x, segment, token_id), (y, _, _) = load(a), load(b)
     if x.shape != y.shape:
         return None
     same = (x == y).all(-1)  # (tokens, layers)
-    return {"all": round(float(same.mean()), 4), "per_layer": [round(float(v), 4) for v in same.mean(0)]}
+    generated = segment != PROMPT
+    return {
+        "all": round(float(same.mean()), 4), "per_layer": [round(float(v), 4) for v in same.mean(0)],
+        "prompt": round(float(same[~generated].mean()), 4), "generated": round(float(same[generated].mean()), 4),
+        "distinct_generated_tokens": int(len(np.unique(token_id[generated]))), "generated_tokens": int(generated.sum()),
+    }
 
 
 def _with(params, generate_kwargs):
@@ -367,7 +378,9 @@ def _print(results: dict) -> None:
               f"graph used: {results['graph_used']} ({results['graph_captures']} captures)")
     for key in ("hf_inline_vs_two_phase_set_agreement", "graph_inline_vs_two_phase_set_agreement"):
         if results.get(key):
-            print(f"{key}: {results[key]['all']:.4f}; per layer {results[key]['per_layer']}")
+            r = results[key]
+            print(f"{key}: {r['all']:.4f} (prompt {r['prompt']:.4f}, generated {r['generated']:.4f}; "
+                  f"{r['distinct_generated_tokens']} distinct of {r['generated_tokens']} generated tokens); per layer {r['per_layer']}")
     if "static_error" in results:
         print("static path:", results["static_error"])
 
