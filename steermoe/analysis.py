@@ -296,6 +296,7 @@ def risk_difference(
     described in the module docstring; run facts (tokens and sequences per class) are in ``.attrs``.
     """
     store = store if isinstance(store, RoutingStore) else RoutingStore(store)
+    store.require_complete()
     if segment not in ("prompt", "generation", "all"):
         raise InputError(f"unknown segment {segment!r}; use prompt, generation or all")
     if weighting not in ("token", "sequence", "batch"):

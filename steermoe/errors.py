@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed"]
+__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError"]
 
 
 class SteerMoEError(Exception):
@@ -29,3 +29,9 @@ class ValidationFailed(SteerMoEError):
     def __init__(self, message: str, report=None):
         super().__init__(message)
         self.report = report
+
+
+class BitIdentityError(SteerMoEError):
+    """A tensor that fine-tuning must leave bit-identical (anything but the selected experts) changed."""
+
+    exit_code = 1

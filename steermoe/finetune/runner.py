@@ -161,6 +161,7 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     from steermoe.config import FinetuneConfig
     from steermoe.finetune.engine import ensure_dist_env, run_training
     from steermoe.finetune.experts import prepare_full, prepare_selective
+    from steermoe.finetune.integrity import frozen_snapshot, verify_frozen
     from steermoe.modeling import load_model
 
     cfg = FinetuneConfig.model_validate(job["cfg"])
@@ -172,6 +173,8 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     model = load_model(job["base_path"], dtype="bfloat16" if cfg.precision == "bf16" else "float32", device=device)
     selection = ExpertSelection.from_dict(job["selection"]) if job["selection"] else None
     plan = prepare_selective(model, selection) if selection is not None else prepare_full(model)
+    zero3 = cfg.zero_stage == 3
+    frozen = frozen_snapshot(model, plan) if plan is not None else None  # before the first forward writes rows
     ckpt_dir = out_dir / "checkpoints"
     steps_log = out_dir / "steps.jsonl"
     if rank == 0 and not (ckpt_dir / "latest").exists():
@@ -181,6 +184,9 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
         callback=callback, progress=progress, metrics_log=steps_log,
     )
     metrics.update(mode=job["mode"], base_fingerprint=job["base_fingerprint"], n_train=len(examples), n_heldout=len(heldout))
+    if frozen is not None:  # the guarantee, checked before any patch exists
+        checked = verify_frozen(model, frozen, zero3=zero3)
+        metrics.update(bit_identical_tensors=checked["tensors"], bit_identical_expert_rows=checked["expert_rows"])
     if selection is not None:
         metrics["selected_experts"] = len(selection)
     _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank)

@@ -150,23 +150,47 @@ class RoutingStore:
                 if not path.exists() or _sha256(path) != info[f"{kind}_sha256"]:
                     raise InputError(f"{path}: missing or does not match the manifest checksum; re-run collection to rebuild it")
 
+    def _read(self, name: str, kind: str) -> pq.ParquetFile:
+        """One shard file, checked against the manifest's checksum in the same read (bytes read once)."""
+        path = self.path / f"{name}.{kind}.parquet"
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise InputError(f"{path}: shard file missing; re-run collection (`steermoe collect` or `steermoe run`) to rebuild it") from None
+        expected = self.manifest["shards"][name].get(f"{kind}_sha256")
+        if expected is not None and hashlib.sha256(data).hexdigest() != expected:
+            raise InputError(
+                f"{path}: does not match the manifest checksum (truncated or modified); delete it and re-run collection, "
+                "which rebuilds only the missing shards"
+            )
+        return pq.ParquetFile(pa.BufferReader(data))
+
+    def require_complete(self) -> None:
+        """Readers of a whole store refuse one that an interrupted collection left half-written."""
+        if not self.complete:
+            done = len(self.manifest.get("shards", {}))
+            raise InputError(
+                f"{self.path}: routing store is incomplete ({done} shards written; collection was interrupted); "
+                "re-run the same collection to finish it"
+            )
+
     def sequences(self) -> pd.DataFrame:
         """All sequence rows (small: no per-token data)."""
-        frames = [pq.read_table(self.path / f"{n}.sequences.parquet").to_pandas() for n in self.shard_names()]
+        frames = [self._read(n, "sequences").read().to_pandas() for n in self.shard_names()]
         return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
     def iter_shards(self, logits: bool = False, weights: bool = False) -> Iterator[RoutingShard]:
         """Yield shards one at a time, so memory is bounded by the largest shard."""
         layers, k = len(self.layers), self.top_k
         for name in self.shard_names():
-            seqs = pq.read_table(self.path / f"{name}.sequences.parquet").to_pandas()
+            seqs = self._read(name, "sequences").read().to_pandas()
+            tokens = self._read(name, "tokens")
             columns = ["seq", "segment", "position", "token_id", "experts"]
-            schema = pq.read_schema(self.path / f"{name}.tokens.parquet")
-            if weights and "weights" in schema.names:
+            if weights and "weights" in tokens.schema_arrow.names:
                 columns.append("weights")
-            if logits and "logits" in schema.names:
+            if logits and "logits" in tokens.schema_arrow.names:
                 columns.append("logits")
-            table = pq.read_table(self.path / f"{name}.tokens.parquet", columns=columns)
+            table = tokens.read(columns=columns)
             n = table.num_rows
 
             def values(col: str, width: int, table=table, n=n) -> np.ndarray:
