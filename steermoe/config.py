@@ -28,6 +28,7 @@ __all__ = [
     "FinetuneConfig",
     "EvaluationConfig",
     "TrackingConfig",
+    "ExecutionConfig",
     "load_config",
     "apply_overrides",
     "default_cache_dir",
@@ -179,6 +180,31 @@ class TrackingConfig(Section):
     log_base_weights: bool = Field(False, description="Also copy the base model's weights into each registered version (self-contained, but large for real models).")
 
 
+class ExecutionConfig(Section):
+    """Where routing collection and evaluation generation run: in this process, or data-parallel on Ray.
+
+    One section for both stages (they share the cluster and the model-per-worker shape); ``stages``
+    picks which use it. Results do not depend on it (same shards, same records), so no cache key reads it."""
+
+    executor: Literal["local", "ray"] = Field("local", description="'local': in this process; 'ray': shards spread over Ray workers (needs the [ray] extra).")
+    ray_address: str | None = Field(
+        None, description="Ray cluster to join ('auto', 'head-host:6379' or 'ray://head-host:10001'); empty: start a local Ray instance for the run."
+    )
+    num_workers: int = Field(2, ge=1, description="Ray workers (actors); each loads the model once and keeps it for its shards.")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker reserves (1 for one model copy per GPU; 0 on CPU).")
+    cpus_per_worker: float = Field(1.0, gt=0, description="CPUs each worker reserves (also its torch thread count).")
+    max_retries: int = Field(2, ge=0, description="Times a killed worker is restarted and its shard retried before the stage fails.")
+    stages: list[Literal["routing", "evaluation"]] = Field(
+        default_factory=lambda: ["routing", "evaluation"], description="Stages that use the executor; the others run locally."
+    )
+    evaluation_shard_prompts: int = Field(
+        64, ge=1, description="Prompts per evaluation shard (rounded up to a multiple of evaluation.batch_size, so the batches are a single process's)."
+    )
+
+    def uses_ray(self, stage: Literal["routing", "evaluation"]) -> bool:
+        return self.executor == "ray" and stage in self.stages
+
+
 class RunConfig(Section):
     run_name: str = Field("demo", description="Name of this run (MLflow run and output folder).")
     seed: int = Field(0, description="Global seed.")
@@ -193,6 +219,7 @@ class RunConfig(Section):
     finetune: FinetuneConfig = Field(default_factory=FinetuneConfig)
     evaluation: EvaluationConfig = Field(default_factory=EvaluationConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    execution: ExecutionConfig = Field(default_factory=ExecutionConfig)
 
     @field_validator("run_name")
     @classmethod

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError"]
+__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError", "WorkerFailed"]
 
 
 class SteerMoEError(Exception):
@@ -33,5 +33,11 @@ class ValidationFailed(SteerMoEError):
 
 class BitIdentityError(SteerMoEError):
     """A tensor that fine-tuning must leave bit-identical (anything but the selected experts) changed."""
+
+    exit_code = 1
+
+
+class WorkerFailed(SteerMoEError):
+    """A shard could not be computed on a (Ray) worker within its retries; the message names the shard."""
 
     exit_code = 1

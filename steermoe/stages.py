@@ -18,7 +18,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from steermoe.errors import ValidationFailed
+from steermoe.errors import ConfigError, ValidationFailed
 
 __all__ = [
     "STAGES",
@@ -196,6 +196,15 @@ def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Pa
         top_p=g.top_p, seed=g.seed, chat_template_kwargs=g.chat_template_kwargs, record_logits=r.record_logits,
         record_weights=r.record_weights, shard_sequences=r.shard_sequences, progress=progress,
     )
+    engine = "static" if r.backend == "hf_static" else "generate"
+    if cfg.execution.uses_ray("routing"):
+        if r.backend == "vllm":
+            raise ConfigError("execution.executor: 'ray' runs routing.backend 'hf' or 'hf_static'; vLLM spreads over GPUs itself: use executor 'local'")
+        from steermoe.routing.distributed import collect_routing_on_ray
+
+        settings = {**common, "mode": r.mode, "engine": engine}
+        del settings["progress"]
+        return collect_routing_on_ray(cfg.execution, cfg.model, model_path, prompts, out_dir, settings, progress=progress)
     if r.backend == "vllm":
         from steermoe.modeling import load_tokenizer
         from steermoe.routing.vllm_backend import collect_routing_vllm
@@ -204,7 +213,6 @@ def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Pa
         tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
         return collect_routing_vllm(model_path, tokenizer, prompts, out_dir, mode=r.mode, dtype=dtype, **common)
     model, tokenizer = _load(cfg.model, str(model_path))
-    engine = "static" if r.backend == "hf_static" else "generate"
     return collect_routing(model, tokenizer, prompts, out_dir, mode=r.mode, engine=engine, **common)
 
 

@@ -11,8 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import replace
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +33,10 @@ from steermoe.routing.recorder import RouterRecorder
 from steermoe.routing.records import SequenceRouting, shard_tables, trim_generated
 from steermoe.routing.store import RoutingStore, RoutingStoreWriter
 
-__all__ = ["collect_routing", "run_collection", "model_header", "tokenizer_fingerprint", "tokenize_prompts"]
+__all__ = [
+    "collect_routing", "run_collection", "routing_session", "RoutingSession", "route_shard", "shard_bounds", "shard_count",
+    "model_header", "tokenizer_fingerprint", "tokenize_prompts",
+]
 
 GENERATION_SEGMENT = "generated tokens before EOS, each recorded where it was the model's input"
 BatchFn = Callable[[list[list[int]], int], list[SequenceRouting]]
@@ -84,6 +88,32 @@ def tokenize_prompts(tokenizer, prompts_df: pd.DataFrame, chat_template_kwargs: 
     return [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
 
 
+def shard_count(n: int, shard_sequences: int) -> int:
+    return (n + shard_sequences - 1) // shard_sequences
+
+
+def shard_bounds(index: int, shard_sequences: int, n: int) -> tuple[int, int]:
+    """``[lo, hi)`` positions of shard ``index`` in the prompt table: fixed by the prompt order and
+    ``shard_sequences`` alone, so every executor (and every worker count) cuts the same shards."""
+    return index * shard_sequences, min(n, (index + 1) * shard_sequences)
+
+
+def route_shard(
+    run_batch: BatchFn, prompt_ids: Sequence[list[int]], lo: int, hi: int, batch_size: int,
+    on_batch: Callable[[list[SequenceRouting]], None] | None = None,
+) -> tuple[list[SequenceRouting], int]:
+    """Answer and record the prompts ``[lo, hi)`` in batches that never leave the shard (a resumed or
+    distributed run recomputes exactly these batches); returns the routing and the batch size that fit."""
+
+    def run(chunk, offset):
+        out = run_batch(chunk, lo + offset)
+        if on_batch:
+            on_batch(out)
+        return out
+
+    return split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], batch_size)
+
+
 def run_collection(
     prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, header: dict, run_batch: BatchFn, *,
     batch_size: int, shard_sequences: int, progress: bool = True, on_shard: Callable[[int], None] | None = None,
@@ -99,7 +129,7 @@ def run_collection(
 
     writer = RoutingStoreWriter(out_dir, header)
     n = len(prompts_df)
-    shards = list(range((n + shard_sequences - 1) // shard_sequences))
+    shards = list(range(shard_count(n, shard_sequences)))
     done = writer.done_shards()
     rows = prompts_df.to_dict("records")
     bar = tqdm(total=n, desc="routing", unit="seq", disable=not progress)
@@ -127,16 +157,14 @@ def run_collection(
             for s in shards:
                 if s in done:
                     continue
-                lo, hi = s * shard_sequences, min(n, (s + 1) * shard_sequences)
+                lo, hi = shard_bounds(s, shard_sequences, n)
 
-                def run(chunk, offset, lo=lo):
-                    out = run_batch(chunk, lo + offset)
+                def progressed(out):
                     state["tokens"] += sum(len(r.prompt_experts) + len(r.generated_experts) for r in out)
-                    bar.update(len(chunk))
+                    bar.update(len(out))
                     bar.set_postfix(tok_s=f"{state['tokens'] / max(time.perf_counter() - started, 1e-9):.0f}")
-                    return out
 
-                routed, state["batch_size"] = split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], state["batch_size"])
+                routed, state["batch_size"] = route_shard(run_batch, prompt_ids, lo, hi, state["batch_size"], on_batch=progressed)
                 tokens += settle()  # the previous shard is on disk before this one starts writing
                 pending.append((s, pool.submit(write, s, lo, hi, routed)))
             tokens += settle()
@@ -151,23 +179,37 @@ def run_collection(
     )
 
 
-def collect_routing(
-    model, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
+@dataclass
+class RoutingSession:
+    """A model ready to record: the store header, every prompt's token ids and the batch function.
+
+    Opened once per process that collects (this one, or each Ray worker of
+    :mod:`steermoe.routing.distributed`), then used for any number of shards."""
+
+    header: dict
+    prompt_ids: list[list[int]]
+    run_batch: BatchFn
+    batch_size: int
+    shard_sequences: int
+
+    def shard_tables(self, index: int, prompt_rows: Sequence[dict]) -> tuple[Any, Any]:
+        """The ``(sequences, tokens)`` tables of shard ``index``; ``prompt_rows`` are all the prompts' records."""
+        lo, hi = shard_bounds(index, self.shard_sequences, len(self.prompt_ids))
+        routed, self.batch_size = route_shard(self.run_batch, self.prompt_ids, lo, hi, self.batch_size)
+        return shard_tables(lo, prompt_rows[lo:hi], routed)
+
+
+@contextmanager
+def routing_session(
+    model, tokenizer, prompts_df: pd.DataFrame, *,
     max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
     seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
-    shard_sequences: int = 64, mode: str = "inline", progress: bool = True,
+    shard_sequences: int = 64, mode: str = "inline",
     generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
-    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None, engine: str = "generate",
-) -> RoutingStore:
-    """Answer every prompt with ``model`` and record the routing of every prompt and generated token.
-
-    ``mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
-    ``generate_fn(prompt_token_ids, first_seq)`` if given, e.g. a compiled or vLLM engine; else plain HF
-    ``generate`` with ``generate_kwargs``) and records in one teacher-forced forward per batch.
-    ``engine="static"`` decodes with :class:`~steermoe.routing.static_decode.StaticDecoder` (static KV cache;
-    on CUDA each step a replayed graph, routing recorded inside it) instead of ``model.generate``.
-    Re-running with the same arguments resumes: only missing shards are computed.
-    """
+    fingerprint: str | None = None, engine: str = "generate",
+) -> Iterator[RoutingSession]:
+    """Router hooks on ``model`` (removed on exit) and what :func:`run_collection` needs; arguments as
+    :func:`collect_routing`."""
     from steermoe.prompts import fingerprint as prompts_fingerprint
 
     if mode not in ("inline", "two_phase"):
@@ -220,7 +262,33 @@ def collect_routing(
                 recorder.enabled = True
             return teacher_forced_batch(model, tokenizer, recorder, chunk, generated, eos)
 
+        yield RoutingSession(header, prompt_ids, inline if mode == "inline" else two_phase, batch_size, shard_sequences)
+
+
+def collect_routing(
+    model, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
+    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
+    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
+    shard_sequences: int = 64, mode: str = "inline", progress: bool = True,
+    generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
+    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None, engine: str = "generate",
+) -> RoutingStore:
+    """Answer every prompt with ``model`` and record the routing of every prompt and generated token.
+
+    ``mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
+    ``generate_fn(prompt_token_ids, first_seq)`` if given, e.g. a compiled or vLLM engine; else plain HF
+    ``generate`` with ``generate_kwargs``) and records in one teacher-forced forward per batch.
+    ``engine="static"`` decodes with :class:`~steermoe.routing.static_decode.StaticDecoder` (static KV cache;
+    on CUDA each step a replayed graph, routing recorded inside it) instead of ``model.generate``.
+    Re-running with the same arguments resumes: only missing shards are computed.
+    """
+    with routing_session(
+        model, tokenizer, prompts_df, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
+        temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs, record_logits=record_logits,
+        record_weights=record_weights, shard_sequences=shard_sequences, mode=mode, generate_kwargs=generate_kwargs,
+        generate_fn=generate_fn, fingerprint=fingerprint, engine=engine,
+    ) as session:
         return run_collection(
-            prompts_df, prompt_ids, out_dir, header, inline if mode == "inline" else two_phase,
+            prompts_df, session.prompt_ids, out_dir, session.header, session.run_batch,
             batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
         )

@@ -1,0 +1,127 @@
+"""Routing collection on a local Ray cluster (2 CPUs, 2 workers, the tiny demo model): the store it
+writes equals the single-process store record for record, a killed worker is retried without
+changing a record, and a shard that runs out of retries fails with one line and resumes."""
+
+from __future__ import annotations
+
+import os
+import signal
+
+import pytest
+
+from steermoe.config import RunConfig
+from steermoe.errors import ConfigError, WorkerFailed
+from steermoe.routing import RoutingStore
+from steermoe.stages import collect_with_backend
+from tests.ray_fixtures import ray_local  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("ray_local")
+N_PROMPTS, PER_SHARD = 24, 4
+
+
+@pytest.fixture(scope="module")
+def prompts():
+    from steermoe.demo import load_demo_prompts
+
+    return load_demo_prompts().head(N_PROMPTS).reset_index(drop=True)
+
+
+def config(model_path, **execution) -> RunConfig:
+    return RunConfig.model_validate({
+        "model": {"source": str(model_path), "device": "cpu"},
+        "generation": {"max_new_tokens": 8, "batch_size": 4},
+        "routing": {"shard_sequences": PER_SHARD},
+        "execution": {"executor": "ray", "num_workers": 2, **execution},
+    })
+
+
+@pytest.fixture(scope="module")
+def single_process(tiny_demo_model, prompts, tmp_path_factory):
+    cfg = config(tiny_demo_model, executor="local")
+    return collect_with_backend(cfg, tiny_demo_model, prompts, tmp_path_factory.mktemp("local") / "store", progress=False)
+
+
+def records(store: RoutingStore) -> dict[str, tuple]:
+    """Every sequence and its recorded tokens, by prompt id (order-independent)."""
+    out = {}
+    for shard in store.iter_shards():
+        for row in shard.sequences.to_dict("records"):
+            mask = shard.seq == row["seq"]
+            tokens = (shard.segment[mask].tolist(), shard.token_id[mask].tolist(), shard.experts[mask].tolist())
+            out[row["prompt_id"]] = (row["seq"], row["generated_text"], list(row["generated_token_ids"]), tokens)
+    return out
+
+
+def assert_same_store(got: RoutingStore, want: RoutingStore) -> None:
+    got.verify()
+    assert got.complete
+    assert records(got) == records(want)
+    assert len(records(got)) == N_PROMPTS
+    # Same shard contents, byte for byte: the manifests carry the same checksums.
+    assert got.manifest["shards"] == want.manifest["shards"]
+    for key in ("model", "tokenizer", "generation", "prompts", "record", "counts"):
+        assert got.manifest[key] == want.manifest[key], key
+
+
+def worker_pids() -> set[int]:
+    """This test process's own Ray workers (never another test run's on the same machine)."""
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True) if " ".join(p.cmdline()).startswith("ray::_Worker")}
+
+
+def test_ray_store_equals_the_single_process_store(tiny_demo_model, prompts, single_process, tmp_path):
+    store = collect_with_backend(config(tiny_demo_model), tiny_demo_model, prompts, tmp_path / "store", progress=False)
+    assert_same_store(store, single_process)
+    assert store.manifest["summary"]["executor"] == "ray" and store.manifest["summary"]["workers"] == 2
+
+
+def test_a_worker_killed_mid_run_is_retried_and_the_store_is_unchanged(tiny_demo_model, prompts, single_process, tmp_path):
+    from steermoe.routing.distributed import collect_routing_on_ray
+
+    cfg = config(tiny_demo_model, max_retries=2)
+    killed: list[int] = []
+
+    def kill_a_busy_worker(shard: int) -> None:
+        if not killed:  # after the first shard lands, the other calls are still running or queued
+            pid = min(worker_pids())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
+
+    settings = {"max_new_tokens": 8, "batch_size": 4, "shard_sequences": PER_SHARD, "chat_template_kwargs": {"enable_thinking": False}}
+    store = collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, tmp_path / "store", settings, progress=False, on_shard=kill_a_busy_worker)
+    assert killed
+    assert_same_store(store, single_process)
+
+
+def test_a_shard_out_of_retries_fails_with_one_line_and_the_run_resumes(tiny_demo_model, prompts, single_process, tmp_path):
+    cfg = config(tiny_demo_model, max_retries=0)
+    out = tmp_path / "store"
+    from steermoe.routing.distributed import collect_routing_on_ray
+
+    def kill_a_worker(shard: int) -> None:
+        os.kill(min(worker_pids()), signal.SIGKILL)
+
+    settings = {"max_new_tokens": 8, "batch_size": 4, "shard_sequences": PER_SHARD, "chat_template_kwargs": {"enable_thinking": False}}
+    with pytest.raises(WorkerFailed) as failed:
+        collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, out, settings, progress=False, on_shard=kill_a_worker)
+    message = str(failed.value)
+    assert "\n" not in message and "routing: shard " in message and "execution.max_retries" in message
+    shard = int(message.split("shard ")[1].split(" ")[0])
+    ids = prompts["id"].astype(str).tolist()[shard * PER_SHARD : (shard + 1) * PER_SHARD]
+    assert ", ".join(ids) in message  # the failing shard's prompts, by id
+
+    partial = RoutingStore(out)
+    assert not partial.complete and 0 < len(partial.shard_names()) < N_PROMPTS // PER_SHARD
+    kept = {int(n.split("-")[1]) for n in partial.shard_names()}
+    computed: list[int] = []
+    resumed = collect_routing_on_ray(config(tiny_demo_model).execution, cfg.model, tiny_demo_model, prompts, out, settings, progress=False, on_shard=computed.append)
+    assert sorted(computed) == sorted(set(range(N_PROMPTS // PER_SHARD)) - kept)  # only the missing shards ran
+    assert_same_store(resumed, single_process)
+
+
+def test_vllm_backend_on_ray_is_refused_with_the_key(tiny_demo_model, prompts, tmp_path):
+    cfg = config(tiny_demo_model)
+    cfg.routing.backend = "vllm"
+    with pytest.raises(ConfigError, match="execution.executor"):
+        collect_with_backend(cfg, tiny_demo_model, prompts, tmp_path / "store", progress=False)
