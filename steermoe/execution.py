@@ -177,9 +177,13 @@ class WorkerPool:
         ref = [ray.put(opener)]
         return self._get(ray, [w.run.remote(key, ref, method, *args) for w in self.workers], None)
 
-    def map(self, key: str, opener: Callable[[], Any], method: str, units: Sequence[WorkUnit], on_result: Callable[[WorkUnit, Any], None]) -> None:
+    def map(
+        self, key: str, opener: Callable[[], Any], method: str, units: Sequence[WorkUnit], on_result: Callable[[WorkUnit, Any], None],
+        label: str | None = None,
+    ) -> None:
         """Run ``method(*unit.args)`` for every unit on the workers' sessions (``key`` names the session;
-        ``opener()`` opens it); ``on_result(unit, result)`` runs here, in completion order."""
+        ``opener()`` opens it); ``on_result(unit, result)`` runs here, in completion order. ``label``
+        (default: the pool's name) is what a failure message calls the work."""
         import ray
 
         ref = [ray.put(opener)]
@@ -195,26 +199,26 @@ class WorkerPool:
             (done,), _ = ray.wait(list(in_flight), num_returns=1)
             unit, i = in_flight.pop(done)
             load[i] -= 1
-            on_result(unit, self._get(ray, done, unit))
+            on_result(unit, self._get(ray, done, unit, label))
 
-    def _get(self, ray, refs, unit: WorkUnit | None):
+    def _get(self, ray, refs, unit: WorkUnit | None, label: str | None = None):
         try:
             return ray.get(refs)
         except ray.exceptions.RayTaskError as e:  # the session raised: deterministic, not retried
             cause = e.cause if getattr(e, "cause", None) is not None else e
             if unit is None and isinstance(cause, SteerMoEError):  # e.g. a model folder a worker cannot read
                 raise cause from None
-            raise WorkerFailed(f"{self._where(unit)} failed on a Ray worker: {type(cause).__name__}: {_first_line(cause)}") from None
+            raise WorkerFailed(f"{self._where(unit, label)} failed on a Ray worker: {type(cause).__name__}: {_first_line(cause)}") from None
         except ray.exceptions.RayActorError as e:  # the worker died more often than max_retries allows
             raise WorkerFailed(
-                f"{self._where(unit)}: its Ray worker died and was restarted {self.cfg.max_retries} times (execution.max_retries) "
+                f"{self._where(unit, label)}: its Ray worker died and was restarted {self.cfg.max_retries} times (execution.max_retries) "
                 f"without finishing it ({_first_line(e)}); check the worker logs (out of memory?) and re-run to resume"
             ) from None
 
-    def _where(self, unit: WorkUnit | None) -> str:
+    def _where(self, unit: WorkUnit | None, label: str | None = None) -> str:
         if unit is None:
             return f"{self.name}: starting a worker"
-        return f"{self.name}: shard {unit.index} (prompt ids {describe_ids(unit.prompt_ids)})"
+        return f"{label or self.name}: shard {unit.index} (prompt ids {describe_ids(unit.prompt_ids)})"
 
 
 def _first_line(error: BaseException) -> str:

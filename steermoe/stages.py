@@ -367,9 +367,11 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     if "full" in baselines:
         entries["full"] = lambda: (load_model(baselines["full"]["merged_path"], dtype=m.dtype, device=m.device), tokenizer)
     generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
-    result = compare_models(
-        entries, prompts, ev.judges, out, drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed, **generation
-    )
+    with _model_opener(cfg.execution) as open_model:
+        result = compare_models(
+            entries, prompts, ev.judges, out, drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed,
+            open_model=open_model, **generation
+        )
     comparison = out / "comparison.csv"
     result.table.to_csv(comparison, index=False)
     metrics = {name: {k: float(v.value) for k, v in r.metrics.items() if v is not None and math.isfinite(v.value)} for name, r in result.results.items()}
@@ -383,6 +385,17 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
         "generation": generation,
         "n_prompts": len(prompts),
     }
+
+
+def _model_opener(execution_cfg):
+    """Where evaluation runs its models: Ray workers (``execution``), or ``None``: loaded here."""
+    from contextlib import nullcontext
+
+    if not execution_cfg.uses_ray("evaluation"):
+        return nullcontext(None)
+    from steermoe.evaluation.distributed import ray_model_opener
+
+    return ray_model_opener(execution_cfg)
 
 
 def register_stage(tracking_cfg, run: dict, model: dict, prompts: dict, selection: dict, finetune: dict, evaluation: dict) -> dict:

@@ -9,8 +9,8 @@ Markdown table, JSON and a PNG chart with confidence-interval error bars.
 from __future__ import annotations
 
 import json
-from collections.abc import Callable, Mapping, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +28,8 @@ __all__ = [
     "BaseReference",
     "EvalResult",
     "ModelEntry",
+    "LoadedModel",
+    "open_loaded_model",
     "ComparisonResult",
     "resolve_judges",
     "judge_options",
@@ -152,9 +154,10 @@ def base_reference(
         if "response" not in safe.columns:
             raise InputError("base answers: need generated_token_ids or a response column")
         prompt_ids, answer_ids = _token_ids(tokenizer, safe, chat_template_kwargs)
-    sums, counts = answer_losses(base_model, tokenizer, prompt_ids, answer_ids, batch_size)
-    usage = expert_usage(base_model, tokenizer, prompt_ids, answer_ids, batch_size) if drift else None
-    return BaseReference(safe["id"].astype(str).tolist(), prompt_ids, answer_ids, sums, counts, usage)
+    runner, ids = _runner(base_model, tokenizer), safe["id"].astype(str).tolist()
+    sums, counts = runner.answer_losses(prompt_ids, answer_ids, batch_size, ids)
+    usage = runner.expert_usage(prompt_ids, answer_ids, batch_size, ids) if drift else None
+    return BaseReference(ids, prompt_ids, answer_ids, sums, counts, usage)
 
 
 def _generate_frame(model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress) -> pd.DataFrame:
@@ -176,6 +179,28 @@ def _generate_frame(model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: 
             "generated_token_ids": out.generated_token_ids,
         }
     )
+
+
+@dataclass
+class LoadedModel:
+    """What evaluation runs on a model, on one loaded here. :mod:`steermoe.evaluation.distributed` has the
+    same three methods spread over Ray workers; :func:`evaluate_model` takes either."""
+
+    model: Any
+    tokenizer: Any
+
+    def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs=None, progress=True) -> pd.DataFrame:
+        return _generate_frame(self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+
+    def answer_losses(self, prompt_ids, answer_ids, batch_size: int, ids=None) -> tuple[np.ndarray, np.ndarray]:
+        return answer_losses(self.model, self.tokenizer, prompt_ids, answer_ids, batch_size)
+
+    def expert_usage(self, prompt_ids, answer_ids, batch_size: int, ids=None) -> np.ndarray:
+        return expert_usage(self.model, self.tokenizer, prompt_ids, answer_ids, batch_size)
+
+
+def _runner(model, tokenizer):
+    return model if hasattr(model, "generate_frame") else LoadedModel(model, tokenizer)
 
 
 def evaluate_model(
@@ -206,23 +231,24 @@ def evaluate_model(
     its own base (delta and drift 0).
     """
     judges = resolve_judges(judges)
-    frame = _generate_frame(model, tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+    runner = _runner(model, tokenizer)
+    frame = runner.generate_frame(prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
     own_base = reference is None and base_model is None
     if reference is None:
-        base = base_model if base_model is not None else model
+        base = _runner(base_model, tokenizer) if base_model is not None else runner
         if base_answers is None:
-            base_answers = frame if own_base else _generate_frame(base, tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+            base_answers = frame if own_base else base.generate_frame(prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
         reference = base_reference(base, tokenizer, base_answers, batch_size=batch_size, drift=drift, chat_template_kwargs=chat_template_kwargs)
     drift_value = per_layer = None
     if reference.ids:
         # Its own base: the reference pass already measured this model.
-        sums, counts = (reference.loss_sum, reference.loss_tokens) if own_base else answer_losses(
-            model, tokenizer, reference.prompt_ids, reference.answer_ids, batch_size
+        sums, counts = (reference.loss_sum, reference.loss_tokens) if own_base else runner.answer_losses(
+            reference.prompt_ids, reference.answer_ids, batch_size, reference.ids
         )
         losses = pd.DataFrame({"id": reference.ids, "loss_sum": sums, "loss_tokens": counts, "base_loss_sum": reference.loss_sum})
         frame = frame.merge(losses, on="id", how="left")
         if drift and reference.usage is not None:
-            usage = reference.usage if own_base else expert_usage(model, tokenizer, reference.prompt_ids, reference.answer_ids, batch_size)
+            usage = reference.usage if own_base else runner.expert_usage(reference.prompt_ids, reference.answer_ids, batch_size, reference.ids)
             drift_value, per_layer = routing_drift(reference.usage, usage, bootstrap_samples, confidence, seed)
     result = evaluate_responses(frame, judges, name=name, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
     if drift_value is not None:
@@ -256,6 +282,16 @@ def _as_entry(entry) -> ModelEntry:
     return entry if isinstance(entry, ModelEntry) else ModelEntry(load=entry)
 
 
+@contextmanager
+def open_loaded_model(name: str, entry: ModelEntry) -> Iterator[LoadedModel]:
+    """The entry's model loaded in this process (steered while open, when the entry says so)."""
+    from steermoe.steering import steer
+
+    model, tokenizer = entry.load()
+    with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
+        yield LoadedModel(model, tokenizer)
+
+
 def compare_models(
     entries: Mapping[str, ModelEntry | Callable[[], tuple[Any, Any]]],
     prompts: pd.DataFrame,
@@ -272,12 +308,14 @@ def compare_models(
     seed: int = 0,
     chat_template_kwargs: dict | None = None,
     progress: bool = True,
+    open_model: Callable[[str, ModelEntry], Any] | None = None,
 ) -> ComparisonResult:
     """Evaluate every entry on the same prompts and judges; ``base`` is evaluated first and is the
     reference for utility and drift. Writes ``comparison.md``, ``comparison.json``,
-    ``comparison.png`` and ``responses/<name>.jsonl`` under ``out_dir``."""
-    from steermoe.steering import steer
+    ``comparison.png`` and ``responses/<name>.jsonl`` under ``out_dir``.
 
+    ``open_model(name, entry)`` is a context manager giving what runs the entry's model (default:
+    :func:`open_loaded_model`, loaded here; :mod:`steermoe.evaluation.distributed` spreads it over Ray)."""
     if base not in entries:
         raise InputError(f"compare: no entry named {base!r} to use as the base; entries: {sorted(entries)}")
     judges = resolve_judges(judges, judge_options)
@@ -285,21 +323,16 @@ def compare_models(
     (out_dir / "responses").mkdir(parents=True, exist_ok=True)
     opts = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bootstrap_samples=bootstrap_samples, confidence=confidence,
                 seed=seed, chat_template_kwargs=chat_template_kwargs, progress=progress, drift=drift)
-    base_entry = _as_entry(entries[base])
-    base_model, base_tok = base_entry.load()
+    open_model = open_model or open_loaded_model
     results: dict[str, EvalResult] = {}
-    with steer(base_model, base_entry.steering, base_entry.epsilon) if base_entry.steering else nullcontext():
-        results[base] = evaluate_model(base_model, base_tok, prompts, judges, name=base, **opts)
+    with open_model(base, _as_entry(entries[base])) as runner:
+        results[base] = evaluate_model(runner, None, prompts, judges, name=base, **opts)
     reference = results[base].reference
     for name, raw in entries.items():
         if name == base:
             continue
-        entry = _as_entry(raw)
-        model, tok = entry.load()
-        with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
-            results[name] = evaluate_model(model, tok, prompts, judges, name=name, reference=reference, **opts)
-        if model is not base_model:
-            del model
+        with open_model(name, _as_entry(raw)) as runner:
+            results[name] = evaluate_model(runner, None, prompts, judges, name=name, reference=reference, **opts)
     table = comparison_table(results)
     paths = write_comparison(results, table, out_dir)
     return ComparisonResult(results, table, paths)
