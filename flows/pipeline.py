@@ -11,6 +11,7 @@ from prefect import flow
 
 from steermoe.config import RunConfig, load_config
 from steermoe.errors import ConfigError
+from steermoe.evaluation.benchmark_report import benchmark_metrics
 from tasks import artifacts
 from tasks import stages as t
 from tasks.caching import STAGE_SECTIONS, result_storage
@@ -83,6 +84,7 @@ def safety_pipeline(config: Optional[RunConfig] = None, config_path: Optional[st
         tuned = step("finetune", prompts, model, routing, selection, out_root)
         evaluation = step("evaluate", prompts, model, selection, tuned, out_root)
         artifacts.publish_comparison(evaluation)
+        artifacts.publish_benchmarks(evaluation)
         registered = step("register", run, model, prompts, selection, tuned, evaluation)
     except BaseException as e:
         failed = next((s for s in t.STAGE_TASKS if s not in step.records), "unknown")
@@ -91,7 +93,7 @@ def safety_pipeline(config: Optional[RunConfig] = None, config_path: Optional[st
     finish_tracking(
         run,
         "FINISHED",
-        metrics=_flat(evaluation.get("metrics", {})),
+        metrics={**_flat(evaluation.get("metrics", {})), **benchmark_metrics(evaluation)},
         tags={"prompts.fingerprint": prompts["fingerprint"], "model.fingerprint": model["fingerprint"], "registered_version": registered["version"]},
     )
     return {

@@ -64,6 +64,23 @@ class PromptSourceConfig(Section):
     category: str | None = Field(None, description="Category for rows without one.")
     split: Literal["train", "eval"] | None = Field(None, description="Split for rows without one.")
     hf_split: str | None = Field(None, description="Which split of a Hugging Face dataset to read.")
+    benchmark: str | None = Field(
+        None,
+        description="A published safety benchmark this file holds (xstest, advbench, harmbench, strongreject, jailbreakbench): "
+        "its own columns, labels and categories are mapped, its rows default to split 'eval', and its own scores are reported.",
+    )
+
+    @model_validator(mode="after")
+    def _benchmark_mapping(self):
+        if self.benchmark is None:
+            return self
+        from steermoe.evaluation.benchmarks import BENCHMARKS
+
+        if self.benchmark not in BENCHMARKS:
+            raise ValueError(f"unknown benchmark {self.benchmark!r}; available: {', '.join(BENCHMARKS.names())}")
+        if self.columns or self.category is not None:
+            raise ValueError(f"benchmark {self.benchmark!r} maps its own columns and categories; remove columns/category")
+        return self
 
 
 class ValidationConfig(Section):

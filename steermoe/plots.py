@@ -1,4 +1,4 @@
-"""Figures of a risk table, written as PNG (matplotlib, Agg backend: no display needed)."""
+"""Figures of a risk table and of evaluation tables, written as PNG (matplotlib, Agg backend: no display needed)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pandas as pd
 
 from steermoe.errors import InputError
 
-__all__ = ["risk_heatmap", "top_experts_chart", "save_plots"]
+__all__ = ["risk_heatmap", "top_experts_chart", "save_plots", "metric_bars"]
 
 
 def _pyplot():
@@ -83,3 +83,19 @@ def save_plots(table: pd.DataFrame, out_dir: str | Path, top_n: int = 20) -> dic
         "heatmap": risk_heatmap(table, out_dir / "risk_heatmap.png"),
         "top": top_experts_chart(table, out_dir / "top_experts.png", top_n=top_n),
     }
+
+
+def metric_bars(table: pd.DataFrame, metrics, path: str | Path, label: str = "model") -> Path:
+    """One bar panel per metric, one bar per row (named by ``label``), with ``<metric>_low``/``_high`` error bars."""
+    plt = _pyplot()
+    metrics = list(metrics)
+    fig, axes = plt.subplots(1, max(1, len(metrics)), figsize=(3.2 * max(1, len(metrics)), 3.4), squeeze=False)
+    x = np.arange(len(table))
+    for ax, metric in zip(axes[0], metrics):
+        values = table[metric].to_numpy(float)
+        low = np.nan_to_num(values - table[f"{metric}_low"].to_numpy(float), nan=0.0).clip(min=0)
+        high = np.nan_to_num(table[f"{metric}_high"].to_numpy(float) - values, nan=0.0).clip(min=0)
+        ax.bar(x, np.nan_to_num(values), yerr=[low, high], capsize=3, color=plt.cm.tab10(x % 10))
+        ax.set_xticks(x, table[label], rotation=40, ha="right", fontsize=8)
+        ax.set_title(metric, fontsize=9)
+    return _save(plt, fig, path)

@@ -55,6 +55,7 @@ class PromptSource:
     category: str | None = None
     split: str | None = None
     hf_split: str | None = None
+    benchmark: str | None = None  # a published benchmark's file: see steermoe.evaluation.benchmarks
 
 
 def _format_of(path: Path, declared: str | None) -> str:
@@ -205,9 +206,14 @@ def _parse_messages(value: Any, origin: str, row: int) -> list[dict] | None:
 
 
 def load_prompts(source: PromptSource | str | Path) -> pd.DataFrame:
-    """Load one prompt file (or local/hub HF dataset) into the canonical columns."""
+    """Load one prompt file (or local/hub HF dataset) into the canonical columns; a source naming a
+    ``benchmark`` is read with that benchmark's adapter (its own columns, labels, categories)."""
     if not isinstance(source, PromptSource):
         source = PromptSource(path=str(source))
+    if source.benchmark is not None:
+        from steermoe.evaluation.benchmarks import load_benchmark  # adapters build on this loader
+
+        return load_benchmark(source.benchmark, source.path, split=source.split or "eval", hf_split=source.hf_split, label=source.label, format=source.format)
     path = Path(source.path)
     fmt = _format_of(path, source.format) if path.exists() or source.format else None
     if fmt is None:

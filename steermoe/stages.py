@@ -54,7 +54,7 @@ STAGES = (
 
 # Library sources (relative to the package) whose text is part of each stage's cache key.
 STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "validate_prompts": ("prompts.py", "validation.py"),
+    "validate_prompts": ("prompts.py", "validation.py", "evaluation/benchmarks.py"),
     "prepare_model": ("modeling.py", "demo"),
     "collect_routing": ("modeling.py", "adapters.py", "routing"),
     "risk_difference": ("analysis.py", "analysis", "routing/store.py"),
@@ -339,7 +339,7 @@ CANDIDATE = "finetuned"  # the comparison row of the model a run registers
 def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str, finetune: dict, out_dir: str | Path) -> dict:
     """Evaluate base, steered, fine-tuned and the baselines on the same prompts and judges; write the
     comparison table and every response. ``metrics[model][metric]`` holds the numbers."""
-    from steermoe.evaluation import ModelEntry, compare_models
+    from steermoe.evaluation import ModelEntry, compare_models, judge_options
     from steermoe.finetune import load_patched_model
     from steermoe.modeling import load_model, load_tokenizer
     from steermoe.selection import ExpertSelection
@@ -353,24 +353,25 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     def base():
         return load_model(model_path, dtype=m.dtype, device=m.device), tokenizer
 
-    def patched(patch):
-        return lambda: (load_patched_model(model_path, patch, dtype=m.dtype, device=m.device), tokenizer)
+    def patched(patch, training):
+        return ModelEntry(lambda: (load_patched_model(model_path, patch, dtype=m.dtype, device=m.device), tokenizer), training=training)
 
     entries: dict = {"base": base}
     if ev.steering:
         steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
         entries["steered"] = ModelEntry(load=base, steering=steering, epsilon=ev.steering_epsilon)
-    entries[CANDIDATE] = patched(finetune["patch_path"])
+    entries[CANDIDATE] = patched(finetune["patch_path"], finetune.get("metrics"))
     baselines = finetune.get("baselines", {})
     if "random" in baselines:
-        entries["random"] = patched(baselines["random"]["patch_path"])
+        entries["random"] = patched(baselines["random"]["patch_path"], baselines["random"].get("metrics"))
     if "full" in baselines:
-        entries["full"] = lambda: (load_model(baselines["full"]["merged_path"], dtype=m.dtype, device=m.device), tokenizer)
+        full = baselines["full"]
+        entries["full"] = ModelEntry(lambda: (load_model(full["merged_path"], dtype=m.dtype, device=m.device), tokenizer), training=full.get("metrics"))
     generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
     with _model_opener(cfg.execution) as open_model:
         result = compare_models(
-            entries, prompts, ev.judges, out, drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed,
-            open_model=open_model, **generation
+            entries, prompts, ev.judges, out, judge_options=judge_options(ev), drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples,
+            confidence=ev.confidence, seed=ev.seed, open_model=open_model, **generation
         )
     comparison = out / "comparison.csv"
     result.table.to_csv(comparison, index=False)
@@ -379,6 +380,8 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
         "comparison_path": str(comparison),
         "comparison_md_path": str(result.paths["markdown"]),
         "chart_path": str(result.paths["png"]),
+        "comparison_json_path": str(result.paths["json"]),
+        "benchmarks": sorted(result.benchmarks),
         "outputs_path": str(out / "responses" / f"{CANDIDATE}.jsonl"),
         "metrics": metrics,
         "candidate": CANDIDATE,

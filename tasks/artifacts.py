@@ -1,4 +1,5 @@
-"""Prefect artifacts a pipeline run publishes: validation report, risk table, selection, comparison.
+"""Prefect artifacts a pipeline run publishes: validation report, risk table, selection, comparison,
+one table per safety benchmark.
 
 Called from the flow after each stage (so cached stages publish too) and from the validation task
 when it fails (so the report of bad data is visible in the UI next to the failed run).
@@ -11,7 +12,7 @@ from pathlib import Path
 
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-__all__ = ["publish_validation_report", "publish_risk_table", "publish_selection", "publish_comparison", "publish_decision"]
+__all__ = ["publish_validation_report", "publish_risk_table", "publish_selection", "publish_comparison", "publish_benchmarks", "publish_decision"]
 
 
 def _rows(frame, limit: int) -> list[dict]:
@@ -52,6 +53,28 @@ def publish_comparison(record: dict) -> None:
     if path and Path(path).exists():
         frame = pd.read_csv(path)
         create_table_artifact(_rows(frame, 100), key="comparison", description="Base vs fine-tuned vs baselines")
+
+
+def publish_benchmarks(record: dict) -> list[str]:
+    """One table artifact per benchmark among the evaluation prompts (``benchmark-<name>``); returns the keys."""
+    path = record.get("comparison_json_path")
+    if not path or not Path(path).exists():
+        return []
+    keys = []
+    for name, bench in json.loads(Path(path).read_text(encoding="utf-8")).get("benchmarks", {}).items():
+        rows = [{"model": r["model"], "judge": r["judge"], **{m: _interval(r, m) for m in bench["metrics"]}} for r in bench["table"]]
+        key = f"benchmark-{name}"
+        notes = " ".join(bench["notes"])
+        create_table_artifact(rows, key=key, description=f"{name}: its own scores ({bench['n_prompts']} prompts). {notes}"[:2000])
+        keys.append(key)
+    return keys
+
+
+def _interval(row: dict, metric: str) -> str:
+    value, low, high = row.get(metric), row.get(f"{metric}_low"), row.get(f"{metric}_high")
+    if value is None:
+        return "n/a"
+    return f"{value:.3f}" if low is None else f"{value:.3f} [{low:.3f}, {high:.3f}]"
 
 
 def publish_decision(decision: dict, candidate: str) -> None:

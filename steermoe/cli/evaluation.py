@@ -10,19 +10,38 @@ from rich.table import Table
 
 from steermoe.cli.app import app, console
 
-__all__ = ["evaluate", "compare", "load_eval_prompts", "metrics_table"]
+__all__ = ["evaluate", "compare", "load_eval_prompts", "metrics_table", "benchmark_table"]
 
 
-def load_eval_prompts(cfg):
-    """The prompts of ``evaluation.split`` from the configured sources ('demo' or a list of files)."""
+def load_eval_prompts(cfg, benchmarks: dict[str, str] | None = None):
+    """The prompts of ``evaluation.split`` from the configured sources ('demo' or a list of files),
+    plus the ``benchmarks`` given as ``{name: path}`` (their rows are eval rows, checked row by row)."""
+    import pandas as pd
+
     from steermoe.errors import InputError
-    from steermoe.prompts import select_split
+    from steermoe.prompts import PromptSource, load_prompts, select_split
     from steermoe.stages import load_prompt_set
 
-    prompts = select_split(load_prompt_set(cfg.prompts), cfg.evaluation.split)
+    prompts = load_prompt_set(cfg.prompts)
+    if benchmarks:
+        extra = pd.concat([load_prompts(PromptSource(path=path, benchmark=name)) for name, path in benchmarks.items()], ignore_index=True)
+        prompts = pd.concat([prompts, extra], ignore_index=True)
+        _check_rows(prompts, cfg.prompts.validation)
+    prompts = select_split(prompts, cfg.evaluation.split)
     if len(prompts) == 0:
         raise InputError(f"evaluation.split: no prompts with split {cfg.evaluation.split!r} ; set evaluation.split=all or add a split")
     return prompts
+
+
+def _check_rows(prompts, v) -> None:
+    """Validate as the pipeline does, minus the per-label minimum (a benchmark may hold one label only)."""
+    from steermoe.errors import ValidationFailed
+    from steermoe.validation import validate_prompts
+
+    report = validate_prompts(prompts, min_chars=v.min_chars, max_chars=v.max_chars, min_per_label=1, imbalance_warning_ratio=v.imbalance_warning_ratio)
+    if not report.success:
+        first = report.errors[0]
+        raise ValidationFailed(f"{report.summary()}; first: {first.rule} at id {first.id}: {first.detail}", report=report)
 
 
 def metrics_table(table) -> Table:
@@ -69,8 +88,12 @@ def evaluate(
     selection: Optional[Path] = typer.Option(None, "--steer", help="Evaluate with SteerMoE steering by this expert selection JSON."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/evaluation)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
+    benchmarks: Optional[list[str]] = typer.Option(
+        None, "--benchmark", help="NAME=PATH of a published benchmark file or dataset (xstest, advbench, harmbench, strongreject, jailbreakbench; repeatable)."
+    ),
 ) -> None:
-    """Answer the evaluation prompts, judge refusals, and measure over-refusal, utility and routing drift."""
+    """Answer the evaluation prompts, judge refusals, and measure over-refusal, utility and routing drift
+    (and each benchmark's own scores for every --benchmark)."""
     from steermoe.config import load_config
     from steermoe.errors import InputError
     from steermoe.evaluation.comparison import ModelEntry
@@ -80,7 +103,7 @@ def evaluate(
     if model is not None and patch is not None:
         raise InputError("--model and --patch: give one of them (a full model folder, or a patch on the config's model)")
     cfg = load_config(config, overrides or [])
-    prompts = load_eval_prompts(cfg)
+    prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
     base_path = resolve_model_path(cfg.model, cfg.cache_dir)
     m = cfg.model
     tokenizer = load_tokenizer(base_path, m.trust_remote_code)
@@ -102,8 +125,25 @@ def evaluate(
         entries[name] = ModelEntry(target.load, steering=steered, epsilon=cfg.evaluation.steering_epsilon)
     out = out or Path(cfg.output_dir) / cfg.run_name / "evaluation"
     result = _run(cfg, entries, prompts, out)
+    _print(result)
+
+
+def _print(result) -> None:
     console.print(metrics_table(result.table))
+    for bench in result.benchmarks.values():
+        console.print(benchmark_table(bench))
     console.print(f"wrote {result.paths['markdown']}, {result.paths['json']} and {result.paths['png']}")
+
+
+def benchmark_table(bench) -> Table:
+    """A benchmark's own scores, one row per (model, judge)."""
+    out = Table(title=f"{bench.name} ({bench.n_prompts} prompts)")
+    for column in ("model", "judge", *bench.metrics):
+        out.add_column(column, justify="left" if column in ("model", "judge") else "right")
+    for row in bench.table.to_dict("records"):
+        cells = [f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]" if row[m] == row[m] else "n/a" for m in bench.metrics]
+        out.add_row(row["model"], row["judge"], *cells)
+    return out
 
 
 @app.command()
@@ -114,6 +154,7 @@ def compare(
     steers: Optional[list[str]] = typer.Option(None, "--steer", help="NAME=SELECTION_JSON: the base steered by a selection (repeatable)."),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/comparison)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
+    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmark", help="NAME=PATH of a published benchmark file or dataset (repeatable)."),
 ) -> None:
     """Evaluate the base and every given model (steered, expert-/random-/fully fine-tuned) on the same prompts and judges."""
     from steermoe.config import load_config
@@ -130,7 +171,7 @@ def compare(
             raise InputError(f"{option}: name(s) {sorted(clash)} already used; give every entry its own name")
         seen |= set(pairs)
     cfg = load_config(config, overrides or [])
-    prompts = load_eval_prompts(cfg)
+    prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
     base_path = resolve_model_path(cfg.model, cfg.cache_dir)
     m = cfg.model
     tokenizer = load_tokenizer(base_path, m.trust_remote_code)
@@ -146,8 +187,7 @@ def compare(
         entries[name] = ModelEntry(lambda p=_existing(path, "--model"): (load_model(p, m.dtype, m.device, m.trust_remote_code), load_tokenizer(p)))
     out = out or Path(cfg.output_dir) / cfg.run_name / "comparison"
     result = _run(cfg, entries, prompts, out)
-    console.print(metrics_table(result.table))
-    console.print(f"wrote {result.paths['markdown']}, {result.paths['json']} and {result.paths['png']}")
+    _print(result)
 
 
 def _run(cfg, entries, prompts, out: Path):

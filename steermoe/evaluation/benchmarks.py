@@ -22,11 +22,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
 import pandas as pd
 
 from steermoe.errors import InputError
+from steermoe.evaluation.benchmark_scores import Scorer, attack_success_scores, strongreject_scores, xstest_scores
 from steermoe.prompts import PROMPT_COLUMNS, PromptSource, load_prompts
 from steermoe.registry import Registry
 
@@ -43,6 +45,8 @@ class Benchmark:
     label: str | None = None
     category: str | None = None  # for benchmarks without a category column
     finish: Callable[[pd.DataFrame, pd.DataFrame, dict], pd.DataFrame] | None = None
+    score: Scorer | None = None  # the benchmark's own score on judged rows (steermoe.evaluation.benchmark_scores)
+    note: str = ""  # how our scoring relates to the benchmark's published protocol (shown under its table)
 
 
 BENCHMARKS: Registry[Benchmark] = Registry("benchmark")
@@ -75,14 +79,38 @@ def _jbb_finish(out: pd.DataFrame, raw: pd.DataFrame, options: dict) -> pd.DataF
     return out
 
 
-BENCHMARKS.register("xstest", Benchmark("xstest", {"id": "id", "prompt": "prompt", "label": "label", "category": "type"}, ("prompt", "type", "label"), finish=_xstest_finish))
-BENCHMARKS.register("advbench", Benchmark("advbench", {"prompt": "goal"}, ("goal",), label="unsafe", category="advbench"))
+_BY_CATEGORY = partial(attack_success_scores, by_category=True)
+
+BENCHMARKS.register(
+    "xstest",
+    Benchmark(
+        "xstest", {"id": "id", "prompt": "prompt", "label": "label", "category": "type"}, ("prompt", "type", "label"), finish=_xstest_finish,
+        score=xstest_scores, note="Binary judges (string match) see no partial refusals; the LLM judge classifies with XSTest's three classes.",
+    ),
+)
+BENCHMARKS.register(
+    "advbench",
+    Benchmark("advbench", {"prompt": "goal"}, ("goal",), label="unsafe", category="advbench", score=attack_success_scores,
+              note="Attack success: the share of behaviours the model complied with (no adversarial suffix)."),
+)
 BENCHMARKS.register(
     "harmbench",
-    Benchmark("harmbench", {"id": "BehaviorID", "prompt": "Behavior", "category": "SemanticCategory"}, ("Behavior", "SemanticCategory"), label="unsafe", finish=_harmbench_finish),
+    Benchmark(
+        "harmbench", {"id": "BehaviorID", "prompt": "Behavior", "category": "SemanticCategory"}, ("Behavior", "SemanticCategory"), label="unsafe",
+        finish=_harmbench_finish, score=_BY_CATEGORY,
+        note="Attack success of the direct request; compliance is decided by the configured judges, not HarmBench's own classifier.",
+    ),
 )
-BENCHMARKS.register("strongreject", Benchmark("strongreject", {"prompt": "forbidden_prompt", "category": "category"}, ("forbidden_prompt", "category"), label="unsafe"))
-BENCHMARKS.register("jailbreakbench", Benchmark("jailbreakbench", {"id": "Index", "prompt": "Goal", "category": "Category"}, ("Goal", "Category"), finish=_jbb_finish))
+BENCHMARKS.register(
+    "strongreject",
+    Benchmark("strongreject", {"prompt": "forbidden_prompt", "category": "category"}, ("forbidden_prompt", "category"), label="unsafe",
+              score=strongreject_scores, note="score: StrongREJECT's rubric (refused, convincing, specific) graded by the LLM judge; lower is safer."),
+)
+BENCHMARKS.register(
+    "jailbreakbench",
+    Benchmark("jailbreakbench", {"id": "Index", "prompt": "Goal", "category": "Category"}, ("Goal", "Category"), finish=_jbb_finish,
+              score=_BY_CATEGORY, note="asr on the harmful behaviours, refusal_rate_benign on the benign ones, overall and per category."),
+)
 
 
 def load_benchmark(

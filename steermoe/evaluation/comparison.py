@@ -19,8 +19,18 @@ import numpy as np
 import pandas as pd
 
 from steermoe.errors import InputError
+from steermoe.evaluation.benchmark_report import BenchmarkTable, score_benchmarks
+from steermoe.evaluation.benchmark_scores import ScoreOptions
 from steermoe.evaluation.judges import Judge, make_judge
-from steermoe.evaluation.metrics import MetricValue, agreement, answer_losses, compute_metrics, expert_usage, routing_drift
+from steermoe.evaluation.metrics import (
+    MetricValue,
+    agreement,
+    answer_losses,
+    compute_metrics,
+    expert_usage,
+    metric_columns,
+    routing_drift,
+)
 from steermoe.prompts import to_messages, user_text
 from steermoe.selection import ExpertSelection
 
@@ -38,12 +48,15 @@ __all__ = [
     "evaluate_model",
     "compare_models",
     "TABLE_METRICS",
+    "TRAINING_COLUMNS",
     "comparison_table",
     "write_comparison",
 ]
 
 # Columns of the comparison table and chart, in order.
 TABLE_METRICS = ("refusal_rate", "over_refusal", "over_refusal_safe", "over_refusal_borderline", "utility_loss", "utility_loss_delta", "routing_drift")
+# What fine-tuning a row's model cost (from the fine-tuning metrics): what selective training buys.
+TRAINING_COLUMNS = ("trainable_params", "optimizer_state_bytes", "step_seconds")
 
 
 @dataclass
@@ -57,6 +70,7 @@ class EvalResult:
     agreement: pd.DataFrame
     drift_per_layer: list[float] | None = None
     reference: BaseReference | None = field(default=None, repr=False)  # set when this model was its own base
+    training: dict | None = None  # what training this model cost (fine-tuned rows): see TRAINING_COLUMNS
 
     def to_dict(self) -> dict:
         return {
@@ -65,6 +79,7 @@ class EvalResult:
             "metrics": {k: v.to_dict() for k, v in self.metrics.items()},
             "agreement": self.agreement.to_dict("records"),
             "drift_per_layer": self.drift_per_layer,
+            "training": self.training,
         }
 
 
@@ -108,6 +123,9 @@ def evaluate_responses(
         frame[f"reason_{judge.name}"] = [v.reason for v in verdicts]
         if any(v.harm is not None for v in verdicts):
             frame[f"harm_{judge.name}"] = [v.harm for v in verdicts]
+            # The rubric's two scales (StrongREJECT reports them beside its score).
+            for scale in ("convincing", "specific"):
+                frame[f"{scale}_{judge.name}"] = [v.details.get(scale) if v.harm is not None else None for v in verdicts]
         decisions[judge.name] = frame[f"refused_{judge.name}"].tolist()
     frame["refused"] = frame[f"refused_{judges[0].name}"]
     metrics = compute_metrics(frame, samples=bootstrap_samples, confidence=confidence, seed=seed)
@@ -173,6 +191,7 @@ def _generate_frame(model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: 
             "id": [str(r["id"]) for r in records],
             "label": [r.get("label") for r in records],
             "category": [r.get("category") for r in records],
+            "source": [r.get("source") for r in records],  # names the benchmark a row comes from
             "prompt": [user_text(r) for r in records],
             "response": out.texts,
             "prompt_token_ids": out.prompt_token_ids,
@@ -269,6 +288,7 @@ class ModelEntry:
     load: Callable[[], tuple[Any, Any]]
     steering: ExpertSelection | None = None
     epsilon: float = 1e-2  # SteerMoE's margin above the max / below the min log-probability
+    training: dict | None = None  # fine-tuning metrics of this model (trainable_params, optimizer_state_bytes, step_seconds)
 
 
 @dataclass
@@ -276,6 +296,7 @@ class ComparisonResult:
     results: dict[str, EvalResult]
     table: pd.DataFrame
     paths: dict[str, Path] = field(default_factory=dict)
+    benchmarks: dict[str, BenchmarkTable] = field(default_factory=dict)  # one per benchmark among the prompts
 
 
 def _as_entry(entry) -> ModelEntry:
@@ -327,36 +348,50 @@ def compare_models(
     results: dict[str, EvalResult] = {}
     with open_model(base, _as_entry(entries[base])) as runner:
         results[base] = evaluate_model(runner, None, prompts, judges, name=base, **opts)
+    results[base].training = _as_entry(entries[base]).training
     reference = results[base].reference
     for name, raw in entries.items():
         if name == base:
             continue
         with open_model(name, _as_entry(raw)) as runner:
             results[name] = evaluate_model(runner, None, prompts, judges, name=name, reference=reference, **opts)
+        results[name].training = _as_entry(raw).training
+    benchmarks = score_benchmarks(results, judges, ScoreOptions(bootstrap_samples, confidence, seed))
     table = comparison_table(results)
-    paths = write_comparison(results, table, out_dir)
-    return ComparisonResult(results, table, paths)
+    paths = write_comparison(results, table, out_dir, benchmarks)
+    return ComparisonResult(results, table, paths, benchmarks)
 
 
 def comparison_table(results: Mapping[str, EvalResult]) -> pd.DataFrame:
-    """One row per model; for each metric its value and CI bounds (``<metric>``, ``_low``, ``_high``)."""
+    """One row per model; for each metric its value and CI bounds (``<metric>``, ``_low``, ``_high``),
+    then what its training cost (``TRAINING_COLUMNS``; empty for models that were not trained)."""
     rows = []
     for name, result in results.items():
-        row: dict[str, Any] = {"model": name, "judge": result.judge}
-        for metric in TABLE_METRICS:
-            value = result.metrics.get(metric)
-            row[metric] = value.value if value else np.nan
-            row[f"{metric}_low"] = value.ci_low if value else np.nan
-            row[f"{metric}_high"] = value.ci_high if value else np.nan
+        row: dict[str, Any] = {"model": name, "judge": result.judge, **metric_columns(result.metrics, TABLE_METRICS)}
+        for column in TRAINING_COLUMNS:
+            value = (result.training or {}).get(column)
+            row[column] = float(value) if isinstance(value, (int, float)) else np.nan
         rows.append(row)
     return pd.DataFrame(rows)
 
 
+def _training_cell(column: str, value: float) -> str:
+    if pd.isna(value):
+        return "-"
+    if column == "optimizer_state_bytes":
+        return f"{value / 2**20:.2f} MiB"
+    if column == "step_seconds":
+        return f"{value:.3f} s"
+    return f"{int(value):,}"
+
+
 def _markdown(table: pd.DataFrame, results: Mapping[str, EvalResult]) -> str:
     shown = [m for m in TABLE_METRICS if table[m].notna().any()]
-    lines = ["| model | " + " | ".join(shown) + " |", "|---|" + "---|" * len(shown)]
+    costs = [c for c in TRAINING_COLUMNS if c in table.columns and table[c].notna().any()]
+    lines = ["| model | " + " | ".join(shown + costs) + " |", "|---|" + "---|" * len(shown + costs)]
     for _, row in table.iterrows():
         cells = [f"{row[m]:.3f} [{row[f'{m}_low']:.3f}, {row[f'{m}_high']:.3f}]" if pd.notna(row[m]) else "n/a" for m in shown]
+        cells += [_training_cell(c, row[c]) for c in costs]
         lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
     first = next(iter(results.values()))
     lines.append("")
@@ -364,12 +399,24 @@ def _markdown(table: pd.DataFrame, results: Mapping[str, EvalResult]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def write_comparison(results: Mapping[str, EvalResult], table: pd.DataFrame, out_dir: Path) -> dict[str, Path]:
-    """Write the table (Markdown, JSON), the chart (PNG) and per-model responses."""
+def write_comparison(
+    results: Mapping[str, EvalResult], table: pd.DataFrame, out_dir: Path, benchmarks: Mapping[str, BenchmarkTable] | None = None
+) -> dict[str, Path]:
+    """Write the table (Markdown, JSON), the chart (PNG) and per-model responses; each benchmark among
+    the prompts adds its own table to both and its own chart (``comparison-<benchmark>.png``)."""
+    benchmarks = benchmarks or {}
     paths = {"markdown": out_dir / "comparison.md", "json": out_dir / "comparison.json", "png": out_dir / "comparison.png"}
-    paths["markdown"].write_text(_markdown(table, results), encoding="utf-8")
-    payload = {"models": {name: r.to_dict() for name, r in results.items()}, "table": json.loads(table.to_json(orient="records"))}
+    paths.update({f"png:{name}": out_dir / f"comparison-{name}.png" for name in benchmarks})
+    sections = "".join("\n" + b.markdown() for b in benchmarks.values())
+    paths["markdown"].write_text(_markdown(table, results) + sections, encoding="utf-8")
+    payload = {
+        "models": {name: r.to_dict() for name, r in results.items()},
+        "table": json.loads(table.to_json(orient="records")),
+        "benchmarks": {name: b.to_dict() for name, b in benchmarks.items()},
+    }
     paths["json"].write_text(json.dumps(payload, indent=2), encoding="utf-8")
+    for name, bench in benchmarks.items():
+        bench.chart(paths[f"png:{name}"])
     for name, result in results.items():
         keep = [c for c in result.responses.columns if c not in ("prompt_token_ids", "generated_token_ids")]
         result.responses[keep].to_json(out_dir / "responses" / f"{name}.jsonl", orient="records", lines=True, force_ascii=False)
@@ -378,21 +425,6 @@ def write_comparison(results: Mapping[str, EvalResult], table: pd.DataFrame, out
 
 
 def _chart(table: pd.DataFrame, path: Path) -> None:
-    import matplotlib
+    from steermoe.plots import metric_bars
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    shown = [m for m in TABLE_METRICS if table[m].notna().any()]
-    fig, axes = plt.subplots(1, len(shown), figsize=(3.2 * len(shown), 3.4), squeeze=False)
-    x = np.arange(len(table))
-    for ax, metric in zip(axes[0], shown):
-        values = table[metric].to_numpy(float)
-        low = np.nan_to_num(values - table[f"{metric}_low"].to_numpy(float), nan=0.0).clip(min=0)
-        high = np.nan_to_num(table[f"{metric}_high"].to_numpy(float) - values, nan=0.0).clip(min=0)
-        ax.bar(x, np.nan_to_num(values), yerr=[low, high], capsize=3, color=plt.cm.tab10(x % 10))
-        ax.set_xticks(x, table["model"], rotation=40, ha="right", fontsize=8)
-        ax.set_title(metric, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    metric_bars(table, [m for m in TABLE_METRICS if table[m].notna().any()], path)

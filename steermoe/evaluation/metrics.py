@@ -11,7 +11,7 @@ expert usage with the Jensen-Shannon divergence between two models (routing drif
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -25,6 +25,7 @@ __all__ = [
     "METRICS",
     "bootstrap_ci",
     "compute_metrics",
+    "metric_columns",
     "agreement",
     "cohen_kappa",
     "answer_losses",
@@ -159,6 +160,17 @@ def compute_metrics(
         point, low, high = bootstrap_ci(values, metric.aggregation, samples, confidence, seed)
         out[name] = MetricValue(name, point, low, high, n, metric.higher_is_better)
     return out
+
+
+def metric_columns(metrics: Mapping[str, MetricValue], names: Sequence[str]) -> dict[str, float]:
+    """Table cells ``{name, name_low, name_high}`` for each of ``names`` (NaN where a metric was not measured)."""
+    row: dict[str, float] = {}
+    for metric in names:
+        value = metrics.get(metric)
+        row[metric] = value.value if value else np.nan
+        row[f"{metric}_low"] = value.ci_low if value else np.nan
+        row[f"{metric}_high"] = value.ci_high if value else np.nan
+    return row
 
 
 # --- agreement between judges ---------------------------------------------------------------------

@@ -24,6 +24,7 @@ __all__ = [
     "total_steps",
     "batch_indices",
     "heldout_loss",
+    "optimizer_state_bytes",
     "run_training",
 ]
 
@@ -161,6 +162,19 @@ def _init_engine(model, cfg, world_size: int):
     return engine
 
 
+def optimizer_state_bytes(optimizer) -> int:
+    """Bytes of the optimizer's state tensors in this process (AdamW: two moments per trained
+    element); DeepSpeed's ZeRO wrappers are unwrapped to the torch optimizer holding the state."""
+    import torch
+
+    seen = set()
+    while not isinstance(optimizer, torch.optim.Optimizer) and getattr(optimizer, "optimizer", None) is not None and id(optimizer) not in seen:
+        seen.add(id(optimizer))
+        optimizer = optimizer.optimizer
+    state = getattr(optimizer, "state", {})
+    return int(sum(t.numel() * t.element_size() for s in state.values() for t in s.values() if torch.is_tensor(t)))
+
+
 def _resume(engine, ckpt_dir: Path | None, selective: bool) -> dict:
     if ckpt_dir is None or not (ckpt_dir / "latest").exists():
         return {}
@@ -208,6 +222,7 @@ def run_training(
     bar = tqdm(total=steps, initial=start, desc="fine-tuning", unit="step", disable=not progress or rank != 0)
     engine.train()
     history, t_start, loss_value = list(client.get("history", [])), time.perf_counter(), float("nan")
+    step_times: list[float] = []
     for step in range(start, steps):
         t0 = time.perf_counter()
         losses = []
@@ -227,6 +242,7 @@ def run_training(
             torch.cuda.synchronize()
         metrics = {"loss": loss_value, "lr": float(engine.get_lr()[0]), "step_seconds": time.perf_counter() - t0}
         history.append(loss_value)
+        step_times.append(metrics["step_seconds"])
         done = step + 1
         if rank == 0:
             bar.set_postfix(loss=f"{loss_value:.4f}", s_per_step=f"{metrics['step_seconds']:.2f}")
@@ -250,6 +266,9 @@ def run_training(
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / max(total, 1),
+        # What the comparison shows per row: optimizer memory (this process) and the typical step time.
+        "optimizer_state_bytes": optimizer_state_bytes(engine.optimizer),
+        "step_seconds": float(sorted(step_times)[len(step_times) // 2]) if step_times else float("nan"),
         "world_size": world,
         "zero_stage": cfg.zero_stage,
         "precision": cfg.precision,
