@@ -48,6 +48,9 @@ def test_zero_stage_in_one_process(world, stage, tmp_path):
     patched = check_run(result, base_path, base)
     assert [s for s, _ in steps] == [1, 2, 3] and result.metrics["steps"] == 3
     assert "heldout_refusal_loss_after" in result.metrics
+    # AdamW's two fp32 moments per trained element, found under DeepSpeed's ZeRO wrappers too
+    trainable = result.metrics["trainable_params"]
+    assert 8 * trainable <= result.metrics["optimizer_state_bytes"] <= 8.5 * trainable + 4096
     if stage == 0:  # the merged folder (from the trained model in memory) equals base + patch
         merged = load_model(result.merged_path, device="cpu").state_dict()
         for name, value in patched.state_dict().items():

@@ -140,7 +140,9 @@ def _named(bench: str, judged: Mapping[str, Mapping[str, MetricValue]], primary:
 
 
 def _table(bench: str, n: int, per_model, results: Mapping[str, EvalResult], notes: list[str]) -> BenchmarkTable:
-    overall: list[str] = []
+    # Columns in the order of the judge measuring the most (the three-way XSTest one), then any others.
+    scored = [scores for judged in per_model.values() for judge, scores in judged.items() if judge != "agreement"]
+    overall = list(dict.fromkeys(k for scores in sorted(scored, key=len, reverse=True) for k in scores if "/" not in k))
     rows, categories, agreement = [], [], []
     for model, judged in per_model.items():
         primary = results[model].judge
@@ -152,7 +154,6 @@ def _table(bench: str, n: int, per_model, results: Mapping[str, EvalResult], not
                         agreement.append({"model": model, "judges": key.split("/", 1)[1], "n": value.n,
                                           **metric_columns({"agreement": value, "kappa": kappa}, ("agreement", "kappa"))})
                 continue
-            overall += [k for k in scores if "/" not in k and k not in overall]
             rows.append({"model": model, "judge": judge, **metric_columns(scores, [k for k in scores if "/" not in k])})
             if judge == primary:
                 for key, v in scores.items():
