@@ -264,9 +264,12 @@ class RunConfig(Section):
 
 def format_validation_error(err: ValidationError, origin: str = "config") -> str:
     """One line: the first failing key path and why (plus a count of the others)."""
-    errors = err.errors()
+    # A union (sources: a list or 'demo') reports each branch; when the value went into the list, the
+    # literal branch's complaint is noise.
+    errors = [e for e in err.errors() if not _beside_deeper(e, err.errors())]
     first = errors[0]
-    path = ".".join(str(p) for p in first["loc"]) or "(top level)"
+    # Branch tags such as "list[PromptSourceConfig]" are pydantic's, not keys of the file.
+    path = ".".join(str(p) for p in first["loc"] if "[" not in str(p)) or "(top level)"
     reason = first["msg"]
     if first["type"] == "extra_forbidden":
         reason = "unknown key"
@@ -274,6 +277,15 @@ def format_validation_error(err: ValidationError, origin: str = "config") -> str
         reason = "required key is missing"
     more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
     return f"{origin}: {path}: {reason}{more}"
+
+
+def _beside_deeper(error: dict, errors: list[dict]) -> bool:
+    loc = [str(p) for p in error["loc"]]
+    tags = [i for i, p in enumerate(loc) if p.startswith("literal[")]
+    if not tags:
+        return False
+    prefix = loc[: tags[0]]
+    return any(len(e["loc"]) > len(prefix) + 1 and [str(p) for p in e["loc"][: len(prefix)]] == prefix for e in errors if e is not error)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

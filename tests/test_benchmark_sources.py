@@ -79,7 +79,7 @@ def test_saved_hf_dataset_as_a_config_source(tmp_path, own_prompts):
     ],
 )
 def test_bad_benchmark_entries_are_one_line_config_errors(source, message):
-    with pytest.raises(ConfigError, match="prompts.sources") as err:
+    with pytest.raises(ConfigError, match=r"^config: prompts\.sources\.0[.:]") as err:
         sources_config(source)
     assert message in str(err.value) and "\n" not in str(err.value)
 
