@@ -163,11 +163,23 @@ class FinetuneConfig(Section):
     seed: int = Field(0, description="Training seed.")
     gradient_clipping: float = Field(1.0, ge=0, description="Clip the global gradient norm to this (0: no clipping).")
     heldout_fraction: float = Field(0.1, ge=0, lt=1, description="Share of the training mix held out to measure loss before and after training.")
-    num_processes: int = Field(1, ge=1, description="Training processes; more than 1 starts them with the `deepspeed` launcher (one per GPU, or gloo on CPU).")
+    num_processes: int = Field(1, ge=1, description="Training processes per node; more than 1 starts them with the `deepspeed` launcher (one per GPU, or gloo on CPU).")
+    num_nodes: int = Field(1, ge=1, description="Nodes to train on (the first ones of finetune.hostfile); more than 1 needs the hostfile.")
+    hostfile: str | None = Field(
+        None, description="DeepSpeed hostfile ('host slots=N' per line) for multi-node training; output_dir and the Python env must be at the same paths on every node."
+    )
+    launcher: Literal["pdsh", "openmpi", "mpich", "impi", "slurm", "mvapich"] = Field("pdsh", description="How the DeepSpeed launcher reaches the hostfile's nodes.")
+    master_addr: str | None = Field(None, description="Address rank 0 listens on (default: the first host of the hostfile).")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu' or 'cuda'; each process takes the GPU of its local rank.")
     refusal_endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) that writes refusals; templates when empty.")
     refusal_endpoint_model: str | None = Field(None, description="Model name at refusal_endpoint.")
     answer_max_new_tokens: int = Field(48, ge=1, description="Tokens the base model generates per safe training prompt (its answer is the benign target).")
+
+    @model_validator(mode="after")
+    def _nodes_need_a_hostfile(self):
+        if self.num_nodes > 1 and not self.hostfile:
+            raise ValueError(f"num_nodes {self.num_nodes} needs finetune.hostfile (the nodes to start processes on)")
+        return self
 
 
 class EvaluationConfig(Section):

@@ -108,3 +108,37 @@ def test_two_processes_through_the_launcher(world, stage, tmp_path):
     result = finetune_experts(base_path, SELECTION, examples, cfg, tmp_path, callback=lambda s, m: steps.append(s), progress=False)
     assert result.metrics["world_size"] == 2 and steps == [1, 2, 3]
     check_run(result, base_path, base)
+
+
+def test_two_processes_from_a_hostfile(world, tmp_path):
+    """The multi-node path (``--hostfile``, ``--num_nodes``) on the one node a CI machine has."""
+    base_path, base, examples = world
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("# one line per node\nlocalhost slots=2\n", encoding="utf-8")
+    cfg = FinetuneConfig(zero_stage=0, num_processes=2, num_nodes=1, hostfile=str(hostfile), **BASE_CFG)
+    result = finetune_experts(base_path, SELECTION, examples, cfg, tmp_path / "out", progress=False)
+    assert result.metrics["world_size"] == 2
+    check_run(result, base_path, base)
+
+
+def test_a_bad_hostfile_or_node_count_fails_with_the_key(tmp_path):
+    from pydantic import ValidationError
+
+    from steermoe.errors import InputError
+    from steermoe.finetune.runner import launch_command
+
+    with pytest.raises(ValidationError, match="needs finetune.hostfile"):
+        FinetuneConfig(num_nodes=2)
+    hostfile = tmp_path / "hostfile"
+    hostfile.write_text("node-a slots=8\n", encoding="utf-8")
+    with pytest.raises(InputError, match="finetune.num_nodes: 2 nodes asked for, but .* lists 1 \\(node-a\\)"):
+        launch_command(tmp_path / "job.json", FinetuneConfig(num_nodes=2, hostfile=str(hostfile)))
+    hostfile.write_text("node-a 8\n", encoding="utf-8")
+    with pytest.raises(InputError, match="is not 'host slots=N'"):
+        launch_command(tmp_path / "job.json", FinetuneConfig(hostfile=str(hostfile)))
+    with pytest.raises(InputError, match="does not exist"):
+        launch_command(tmp_path / "job.json", FinetuneConfig(hostfile=str(tmp_path / "missing")))
+    hostfile.write_text("node-a slots=8\nnode-b slots=8\n", encoding="utf-8")
+    cmd = launch_command(tmp_path / "job.json", FinetuneConfig(num_processes=8, num_nodes=2, hostfile=str(hostfile), master_addr="node-a"))
+    assert cmd[cmd.index("--hostfile") + 1] == str(hostfile) and cmd[cmd.index("--num_nodes") + 1] == "2"
+    assert cmd[cmd.index("--num_gpus") + 1] == "8" and cmd[cmd.index("--master_addr") + 1] == "node-a" and cmd[cmd.index("--launcher") + 1] == "pdsh"

@@ -101,13 +101,13 @@ def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, held
         "cfg": cfg.model_dump(mode="json"),
         "out_dir": str(out_dir),
     }
-    if cfg.num_processes > 1:
+    if cfg.num_processes > 1 or cfg.hostfile:
         job_dir = out_dir / "job"
         job_dir.mkdir(exist_ok=True)
         save_examples(examples, job_dir / "examples.jsonl")
         save_examples(heldout, job_dir / "heldout.jsonl")
         (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        _launch(job_dir / "job.json", cfg.num_processes)
+        _launch(job_dir / "job.json", cfg)
         if callback is not None:
             for line in (out_dir / "steps.jsonl").read_text(encoding="utf-8").splitlines():
                 row = json.loads(line)
@@ -126,12 +126,42 @@ def _clear_outputs(out_dir: Path) -> None:
     (out_dir / "metrics.json").unlink(missing_ok=True)
 
 
-def _launch(job_path: Path, n: int) -> None:
-    """Start ``n`` processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
+def launch_command(job_path: Path, cfg) -> list[str]:
+    """The ``deepspeed`` launcher command for a job: ``finetune.num_processes`` per node, on this node or
+    on the first ``finetune.num_nodes`` hosts of ``finetune.hostfile``."""
     from steermoe.finetune.engine import _free_port
 
-    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(n), "--master_port", str(_free_port()),
-           "--module", "steermoe.finetune.launch", "--job", str(job_path)]
+    cmd = [sys.executable, "-m", "deepspeed.launcher.runner", "--num_gpus", str(cfg.num_processes), "--master_port", str(_free_port())]
+    if cfg.hostfile:
+        hosts = _hostfile_hosts(Path(cfg.hostfile))
+        if len(hosts) < cfg.num_nodes:
+            raise InputError(f"finetune.num_nodes: {cfg.num_nodes} nodes asked for, but {cfg.hostfile} lists {len(hosts)} ({', '.join(hosts)}); add hosts or lower num_nodes")
+        cmd += ["--hostfile", str(cfg.hostfile), "--num_nodes", str(cfg.num_nodes), "--launcher", cfg.launcher]
+        if cfg.master_addr:
+            cmd += ["--master_addr", cfg.master_addr]
+        elif cfg.num_nodes == 1:
+            # One node launches here, on this machine: DeepSpeed's ssh probe of the first host has nothing to check.
+            cmd += ["--no_ssh_check", "--master_addr", "127.0.0.1"]
+    return cmd + ["--module", "steermoe.finetune.launch", "--job", str(job_path)]
+
+
+def _hostfile_hosts(path: Path) -> list[str]:
+    """Host names of a DeepSpeed hostfile (``host slots=N`` lines; ``#`` comments)."""
+    if not path.is_file():
+        raise InputError(f"finetune.hostfile: {path} does not exist; write one line 'host slots=N' per node")
+    lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+    entries = [line for line in lines if line and not line.startswith("#")]
+    for line in entries:
+        if len(line.split()) != 2 or not line.split()[1].startswith("slots="):
+            raise InputError(f"finetune.hostfile: {path}: {line!r} is not 'host slots=N'")
+    if not entries:
+        raise InputError(f"finetune.hostfile: {path} lists no hosts; write one line 'host slots=N' per node")
+    return [line.split()[0] for line in entries]
+
+
+def _launch(job_path: Path, cfg) -> None:
+    """Start the training processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
+    cmd = launch_command(job_path, cfg)
     env = dict(os.environ)
     for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
         env.pop(key, None)  # the launcher sets them per process
