@@ -52,14 +52,13 @@ class BenchmarkTable:
     notes: list[str] = field(default_factory=list)
 
     def to_dict(self) -> dict:
-        records = lambda frame: frame.replace({np.nan: None}).to_dict("records")  # noqa: E731 (JSON has no NaN)
         return {
             "name": self.name,
             "n_prompts": self.n_prompts,
             "metrics": self.metrics,
-            "table": records(self.table),
-            "categories": records(self.categories),
-            "agreement": records(self.agreement),
+            "table": _records(self.table),
+            "categories": _records(self.categories),
+            "agreement": _records(self.agreement),
             "notes": self.notes,
         }
 
@@ -84,6 +83,10 @@ class BenchmarkTable:
 
         shown = self.table.assign(row=[f"{m} ({j})" for m, j in zip(self.table["model"], self.table["judge"])])
         return metric_bars(shown, self.metrics, path, label="row")
+
+
+def _records(frame: pd.DataFrame) -> list[dict]:
+    return frame.astype(object).where(frame.notna(), None).to_dict("records")  # JSON has no NaN
 
 
 def _ci(value, low, high) -> str:
