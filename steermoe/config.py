@@ -97,7 +97,9 @@ class ValidationConfig(Section):
 
 
 class PromptsConfig(Section):
-    sources: list[PromptSourceConfig] | Literal["demo"] = Field("demo", description="Prompt files, or 'demo' for the built-in sets.")
+    sources: list[PromptSourceConfig | Literal["demo"]] | Literal["demo"] = Field(
+        "demo", description="Prompt files, or 'demo' for the built-in sets; a list may hold 'demo' beside files (the demo sets plus a benchmark)."
+    )
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
 
 
@@ -278,7 +280,8 @@ def format_validation_error(err: ValidationError, origin: str = "config") -> str
     """One line: the first failing key path and why (plus a count of the others)."""
     # A union (sources: a list or 'demo') reports each branch; when the value went into the list, the
     # literal branch's complaint is noise.
-    errors = [e for e in err.errors() if not _beside_deeper(e, err.errors())]
+    everything = err.errors()
+    errors = [e for e in everything if not _beside_deeper(e, everything)]
     first = errors[0]
     # Branch tags such as "list[PromptSourceConfig]" are pydantic's, not keys of the file.
     path = ".".join(str(p) for p in first["loc"] if "[" not in str(p)) or "(top level)"
@@ -297,7 +300,11 @@ def _beside_deeper(error: dict, errors: list[dict]) -> bool:
     if not tags:
         return False
     prefix = loc[: tags[0]]
-    return any(len(e["loc"]) > len(prefix) + 1 and [str(p) for p in e["loc"][: len(prefix)]] == prefix for e in errors if e is not error)
+
+    def went_in(e: dict) -> bool:  # the value was of the other branch's type and failed inside it
+        return len(e["loc"]) > len(prefix) + 1 or not e["type"].endswith("_type")
+
+    return any(e is not error and [str(p) for p in e["loc"][: len(prefix)]] == prefix and went_in(e) for e in errors)
 
 
 def _set_dotted(data: dict, dotted: str, value: Any) -> None:

@@ -94,14 +94,25 @@ def _write_json(data: Any, path: Path) -> Path:
 
 
 def load_prompt_set(prompts_cfg):
-    """The prompt table a ``PromptsConfig`` names (the built-in demo sets, or its sources concatenated)."""
-    from steermoe.prompts import PromptSource, load_prompt_sources
+    """The prompt table a ``PromptsConfig`` names (the built-in demo sets, or its sources concatenated;
+    a ``demo`` item in the list stands for the built-in sets)."""
+    import pandas as pd
 
-    if prompts_cfg.sources == "demo":
-        from steermoe.demo import load_demo_prompts
+    from steermoe.prompts import PromptSource, load_prompts
 
-        return load_demo_prompts()
-    return load_prompt_sources(PromptSource(**s.model_dump()) for s in prompts_cfg.sources)
+    sources = ["demo"] if prompts_cfg.sources == "demo" else prompts_cfg.sources
+    frames = [_demo_prompts() if s == "demo" else load_prompts(PromptSource(**s.model_dump())) for s in sources]
+    if not frames:
+        from steermoe.errors import InputError
+
+        raise InputError("prompts.sources: no prompt sources given; name files or 'demo'")
+    return pd.concat(frames, ignore_index=True)
+
+
+def _demo_prompts():
+    from steermoe.demo import load_demo_prompts
+
+    return load_demo_prompts()
 
 
 def prompt_set_fingerprint(prompts_cfg) -> str:

@@ -43,6 +43,22 @@ def test_config_sources_map_benchmarks_with_their_labels_categories_and_eval_spl
     assert set(prompts.loc[prompts["source"] == "own.jsonl", "split"]) == {"train"}
 
 
+def test_demo_sets_plus_a_benchmark():
+    cfg = load_config(None, [f"prompts.sources=[demo, {{benchmark: xstest, path: {DATA / 'xstest_prompts.csv'}}}]"])
+    prompts = stages.load_prompt_set(cfg.prompts)
+    demo = stages.load_prompt_set(load_config(None, []).prompts)
+    assert len(prompts) == len(demo) + 5 and prompts["id"].tolist()[-5:] == [f"xstest-{i}" for i in range(1, 6)]
+
+
+def test_union_errors_name_the_key_not_pydantic_branches():
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["prompts.sources=[demo, {path: x.csv, labl: safe}]"])
+    assert str(err.value) == "config: prompts.sources.1.labl: unknown key"
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["prompts.sources=demox"])
+    assert str(err.value) == "config: prompts.sources: Input should be a valid list (and 1 more)"
+
+
 def test_benchmark_sources_pass_through_validation_into_the_snapshot(own_prompts, tmp_path):
     cfg = sources_config({"path": str(own_prompts)}, {"benchmark": "advbench", "path": str(DATA / "harmful_behaviors.csv")})
     record = stages.validate_prompts_stage(cfg.prompts, tmp_path / "v")
