@@ -12,9 +12,10 @@ from prefect import flow
 from steermoe.config import RunConfig, load_config
 from steermoe.errors import ConfigError
 from steermoe.evaluation.benchmark_report import benchmark_metrics
+from steermoe.stage_specs import STAGE_SPECS, STAGES
 from tasks import artifacts
 from tasks import stages as t
-from tasks.caching import STAGE_SECTIONS, result_storage
+from tasks.caching import result_storage
 from tasks.tracking import finish_tracking, start_tracking, track_stage
 
 __all__ = ["safety_pipeline", "resolve_config"]
@@ -30,7 +31,7 @@ def resolve_config(config: Optional[RunConfig], config_path: Optional[str], over
 
 
 class _Runner:
-    """Runs stage tasks in order, recording state names, timings and MLflow stage runs."""
+    """Runs one stage task with the run's config, recording its state name, timing and MLflow stage run."""
 
     def __init__(self, config: RunConfig, run: dict):
         self.config, self.run = config, run
@@ -39,24 +40,16 @@ class _Runner:
         self.seconds: dict[str, float] = {}
         self.records: dict[str, dict] = {}
 
-    def __call__(self, stage: str, *args: Any) -> dict:
+    def __call__(self, stage_task, *args: Any) -> dict:
+        stage = stage_task.fn.__name__
         start = time.perf_counter()
-        task = t.STAGE_TASKS[stage].with_options(result_storage=self.storage)
-        state = task(self.config, *args, return_state=True)
+        state = stage_task.with_options(result_storage=self.storage)(self.config, *args, return_state=True)
         self.states[stage] = state.name
         record = state.result()  # re-raises the stage's error: the flow stops here
         self.seconds[stage] = round(time.perf_counter() - start, 2)
         self.records[stage] = record
-        params = {k: _section(self.config, k) for k in STAGE_SECTIONS[stage]}
-        track_stage(self.run, stage, record, state.name, params)
+        track_stage(self.run, stage, record, state.name, STAGE_SPECS[stage].config_values(self.config))
         return record
-
-
-def _section(config: RunConfig, dotted: str):
-    value: Any = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value.model_dump(mode="json") if hasattr(value, "model_dump") else value
 
 
 @flow(name="safety-pipeline", log_prints=True)
@@ -73,21 +66,21 @@ def safety_pipeline(config: Optional[RunConfig] = None, config_path: Optional[st
     run = start_tracking(config)
     step = _Runner(config, run)
     try:
-        prompts = step("validate_prompts", out_root)
+        prompts = step(t.validate_prompts, out_root)
         artifacts.publish_validation_report(_report(prompts))
-        model = step("prepare_model")
-        routing = step("collect_routing", prompts, model, out_root)
-        risk = step("risk_difference", routing, out_root)
+        model = step(t.prepare_model)
+        routing = step(t.collect_routing, prompts, model, out_root)
+        risk = step(t.risk_difference, routing, out_root)
         artifacts.publish_risk_table(risk)
-        selection = step("select_experts", risk, out_root)
+        selection = step(t.select_experts, risk, out_root)
         artifacts.publish_selection(selection)
-        tuned = step("finetune", prompts, model, routing, selection, out_root)
-        evaluation = step("evaluate", prompts, model, selection, tuned, out_root)
+        tuned = step(t.finetune, prompts, model, routing, selection, out_root)
+        evaluation = step(t.evaluate, prompts, model, selection, tuned, out_root)
         artifacts.publish_comparison(evaluation)
         artifacts.publish_benchmarks(evaluation)
-        registered = step("register", run, model, prompts, selection, tuned, evaluation)
+        registered = step(t.register, run, model, prompts, selection, tuned, evaluation)
     except BaseException as e:
-        failed = next((s for s in t.STAGE_TASKS if s not in step.records), "unknown")
+        failed = next((s for s in STAGES if s not in step.records), "unknown")
         finish_tracking(run, "FAILED", tags={"failed_stage": failed, "error": str(e)[:500]})
         raise
     finish_tracking(

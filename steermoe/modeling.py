@@ -8,15 +8,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from steermoe.errors import InputError
 
 __all__ = [
+    "ModelSource",
+    "MODEL_SOURCES",
+    "register_model_source",
+    "parse_model_source",
     "resolve_model_path",
+    "Loaded",
+    "load_pretrained",
+    "load_hf_config",
+    "model_section",
     "load_model",
     "load_tokenizer",
     "model_fingerprint",
@@ -28,15 +36,52 @@ __all__ = [
 ]
 
 
-def resolve_model_path(model_cfg, cache_dir: str | Path | None = None) -> Path:
-    """The local folder of the model a config names, building the demo model on first use."""
-    if model_cfg.source == "demo":
-        from steermoe.demo.model import ensure_demo_model
+@dataclass(frozen=True)
+class ModelSource:
+    """A kind of ``model.source`` other than a local folder: ``<scheme>`` or ``<scheme>:<argument>``."""
 
-        return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch)
+    scheme: str
+    resolve: Callable[[Any, str, Path | None], Path]  # (model section, argument, cache dir) -> local HF folder
+    help: str
+
+
+MODEL_SOURCES: dict[str, ModelSource] = {}
+
+
+def register_model_source(scheme: str, resolve: Callable[[Any, str, Path | None], Path], help: str) -> ModelSource:
+    """Add a model source (e.g. ``random:<shape>``); registering a scheme twice is an error."""
+    if scheme in MODEL_SOURCES:
+        raise ValueError(f"model source {scheme!r} is already registered")
+    MODEL_SOURCES[scheme] = ModelSource(scheme, resolve, help)
+    return MODEL_SOURCES[scheme]
+
+
+def _demo_source(model_cfg, argument: str, cache_dir: Path | None) -> Path:
+    from steermoe.demo.model import ensure_demo_model
+
+    return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch)
+
+
+register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch)")
+
+
+def parse_model_source(source: str) -> tuple[ModelSource | None, str]:
+    """(the registered source, its argument) for ``scheme[:argument]``; (None, source) for a folder."""
+    scheme, sep, argument = source.partition(":")
+    if scheme in MODEL_SOURCES and (sep or source == scheme):
+        return MODEL_SOURCES[scheme], argument
+    return None, source
+
+
+def resolve_model_path(model_cfg, cache_dir: str | Path | None = None) -> Path:
+    """The local folder of the model a config names (a registered source builds it on first use)."""
+    source, argument = parse_model_source(model_cfg.source)
+    if source is not None:
+        return Path(source.resolve(model_cfg, argument, Path(cache_dir) if cache_dir is not None else None))
     path = Path(model_cfg.source).expanduser()
     if not path.exists():
-        raise InputError(f"model.source: {path} does not exist; give a local Hugging Face model folder (no hub access here) or 'demo'")
+        kinds = ", ".join(f"'{s}'" for s in MODEL_SOURCES)
+        raise InputError(f"model.source: {path} does not exist; give a local Hugging Face model folder (no hub access here) or one of {kinds}")
     if not (path / "config.json").exists():
         raise InputError(f"model.source: {path} has no config.json; is it a Hugging Face model folder?")
     return path
@@ -52,10 +97,34 @@ def resolve_device(device: str = "auto") -> str:
     return device
 
 
-def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+class Loaded(NamedTuple):
+    model: Any  # None when only the tokenizer was asked for
+    tokenizer: Any
+
+
+def load_pretrained(model_cfg, path: str | Path, *, patch: str | Path | None = None, weights: bool = True, tokenizer: bool = True) -> Loaded:
+    """The one door every model and tokenizer load goes through: the folder ``path`` loaded as the
+    model section says (dtype, device, attention kernel, ``trust_remote_code``), with an expert patch
+    applied when given. ``weights=False`` / ``tokenizer=False`` leave that part out (``None``)."""
+    model = _weights(model_cfg, path) if weights else None
+    if model is not None and patch is not None:
+        from steermoe.finetune.patch import apply_patch
+
+        model = apply_patch(model, patch, fingerprint=model_fingerprint(path))
+    return Loaded(model, _tokenizer(model_cfg, path) if tokenizer else None)
+
+
+def load_hf_config(model_cfg, path: str | Path):
+    """The model's transformers config (no weights), read as the model section allows."""
+    from transformers import AutoConfig
+
+    return AutoConfig.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
+
+
+def _tokenizer(model_cfg, path: str | Path):
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+    tok = AutoTokenizer.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
     # Decoder-only batched generation needs left padding.
     tok.padding_side = "left"
     if tok.pad_token is None:
@@ -63,18 +132,39 @@ def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
     return tok
 
 
-def load_model(path: str | Path, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
+def _weights(model_cfg, path: str | Path):
     import torch
     from transformers import AutoModelForCausalLM
 
-    torch_dtype = "auto" if dtype == "auto" else getattr(torch, dtype)
+    dtype = model_cfg.dtype
+    options = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype), "trust_remote_code": model_cfg.trust_remote_code}
+    if model_cfg.attn_implementation:
+        options["attn_implementation"] = model_cfg.attn_implementation
     try:
-        model = AutoModelForCausalLM.from_pretrained(str(path), dtype=torch_dtype, trust_remote_code=trust_remote_code)
+        model = AutoModelForCausalLM.from_pretrained(str(path), **options)
     except (OSError, ValueError) as e:
         raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
-    model.to(resolve_device(device))
+    model.to(resolve_device(model_cfg.device))
     model.eval()
     return model
+
+
+def model_section(**settings):
+    """A model section from keyword settings, for callers that have none (tests, tools)."""
+    from steermoe.config import ModelConfig
+
+    return ModelConfig(**settings)
+
+
+def load_tokenizer(path: str | Path, trust_remote_code: bool = False):
+    """:func:`load_pretrained`'s tokenizer with default settings."""
+    return load_pretrained(model_section(trust_remote_code=trust_remote_code), path, weights=False).tokenizer
+
+
+def load_model(path: str | Path, dtype: str = "float32", device: str = "auto", trust_remote_code: bool = False):
+    """:func:`load_pretrained`'s model for callers without a model section."""
+    section = model_section(dtype=dtype, device=device, trust_remote_code=trust_remote_code)
+    return load_pretrained(section, path, tokenizer=False).model
 
 
 def model_fingerprint(path: str | Path) -> str:

@@ -5,13 +5,12 @@ JSON-able record (paths, fingerprints, counts, metrics). Nothing here knows abou
 reached only through :mod:`steermoe.tracking` (registration). ``steermoe run`` calls these through
 the Prefect tasks in ``tasks/``, which add caching; a notebook can call them directly.
 
-:func:`code_version` hashes the library source a stage depends on, so caches miss when that code changes.
+The facts about each stage (config keys read, inputs, outputs) are its entry in
+:mod:`steermoe.stage_specs`; its code version is computed from the modules its function reaches.
 """
 
 from __future__ import annotations
 
-import hashlib
-import inspect
 import json
 import math
 import os
@@ -21,9 +20,6 @@ from typing import Any
 from steermoe.errors import ConfigError, ValidationFailed
 
 __all__ = [
-    "STAGES",
-    "STAGE_SOURCES",
-    "code_version",
     "load_prompt_set",
     "prompt_set_fingerprint",
     "read_prompt_snapshot",
@@ -41,46 +37,20 @@ __all__ = [
     "retrain_check_stage",
 ]
 
-STAGES = (
-    "validate_prompts",
-    "prepare_model",
-    "collect_routing",
-    "risk_difference",
-    "select_experts",
-    "finetune",
-    "evaluate",
-    "register",
-)
+def __getattr__(name: str):
+    # The stage list lives in :mod:`steermoe.stage_specs` (which imports this module).
+    if name == "STAGES":
+        from steermoe.stage_specs import STAGES
 
-# Library sources (relative to the package) whose text is part of each stage's cache key.
-STAGE_SOURCES: dict[str, tuple[str, ...]] = {
-    "validate_prompts": ("prompts.py", "validation.py", "evaluation/benchmarks.py"),
-    "prepare_model": ("modeling.py", "demo"),
-    "collect_routing": ("modeling.py", "adapters.py", "routing"),
-    "risk_difference": ("analysis.py", "analysis", "routing/store.py"),
-    "select_experts": ("selection.py",),
-    "finetune": ("modeling.py", "adapters.py", "finetune"),
-    "evaluate": ("modeling.py", "adapters.py", "evaluation", "steering.py"),
-    "register": ("tracking.py",),
-}
-
-_PKG = Path(__file__).resolve().parent
-
-
-def _stage_function(stage: str):
-    return globals()[f"{stage}_stage"]
+        return STAGES
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def code_version(stage: str) -> str:
-    """Hash of the stage function's source and the library files it runs (missing files hash as absent)."""
-    digest = hashlib.sha256(inspect.getsource(_stage_function(stage)).encode())
-    for rel in STAGE_SOURCES[stage]:
-        path = _PKG / rel
-        files = sorted(path.rglob("*.py")) if path.is_dir() else [path] if path.exists() else []
-        for f in files:
-            digest.update(os.path.relpath(f, _PKG).encode())
-            digest.update(f.read_bytes())
-    return digest.hexdigest()[:16]
+    """The code version of ``stage`` (see :func:`steermoe.code_version.code_version`)."""
+    from steermoe.stage_specs import spec
+
+    return spec(stage).code_version()
 
 
 def _write_json(data: Any, path: Path) -> Path:
@@ -179,13 +149,6 @@ def prepare_model_stage(model_cfg, cache_dir: str | Path | None = None) -> dict:
     }
 
 
-def _load(model_cfg, model_path: str):
-    from steermoe.modeling import load_model, load_tokenizer
-
-    model = load_model(model_path, dtype=model_cfg.dtype, device=model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
-    return model, load_tokenizer(model_path, trust_remote_code=model_cfg.trust_remote_code)
-
-
 # ---------------------------------------------------------------- routing and analysis
 
 
@@ -216,14 +179,15 @@ def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Pa
         settings = {**common, "mode": r.mode, "engine": engine}
         del settings["progress"]
         return collect_routing_on_ray(cfg.execution, cfg.model, model_path, prompts, out_dir, settings, progress=progress)
+    from steermoe.modeling import load_pretrained
+
     if r.backend == "vllm":
-        from steermoe.modeling import load_tokenizer
         from steermoe.routing.vllm_backend import collect_routing_vllm
 
         dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else "float32"
-        tokenizer = load_tokenizer(model_path, trust_remote_code=cfg.model.trust_remote_code)
+        tokenizer = load_pretrained(cfg.model, model_path, weights=False).tokenizer
         return collect_routing_vllm(model_path, tokenizer, prompts, out_dir, mode=r.mode, dtype=dtype, **common)
-    model, tokenizer = _load(cfg.model, str(model_path))
+    model, tokenizer = load_pretrained(cfg.model, model_path)
     return collect_routing(model, tokenizer, prompts, out_dir, mode=r.mode, engine=engine, **common)
 
 
@@ -289,9 +253,10 @@ def _base_answers(cfg, model_path: str, safe, store_path: str) -> list[str]:
         if all(i in known for i in ids):
             return [known[i] for i in ids]
     from steermoe.finetune import base_model_answers
+    from steermoe.modeling import load_pretrained
     from steermoe.prompts import to_messages
 
-    model, tokenizer = _load(cfg.model, model_path)
+    model, tokenizer = load_pretrained(cfg.model, model_path)
     g = cfg.generation
     rows = safe.to_dict("records")
     return base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
@@ -308,7 +273,7 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str, sel
         finetune_random,
         refusals_from_endpoint,
     )
-    from steermoe.modeling import load_tokenizer
+    from steermoe.modeling import load_pretrained
     from steermoe.prompts import to_messages
     from steermoe.selection import ExpertSelection
 
@@ -320,22 +285,24 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str, sel
     safe = prompts[prompts["label"] == "safe"]
     answers = _base_answers(cfg, model_path, safe, store_path)
     refusals = refusals_from_endpoint(ft.refusal_endpoint, ft.refusal_endpoint_model, unsafe) if ft.refusal_endpoint else None
-    tokenizer = load_tokenizer(model_path)
+    tokenizer = load_pretrained(cfg.model, model_path, weights=False).tokenizer
     examples = build_training_examples(
         tokenizer, unsafe, [to_messages(r) for r in safe.to_dict("records")], answers, ft, refusals=refusals, chat_template_kwargs=cfg.generation.chat_template_kwargs
     )
     selection = ExpertSelection.from_json(selection_path)
 
     history: list[dict] = []
-    result = finetune_experts(model_path, selection, examples, ft, out / "selected", callback=lambda step, m: history.append({"step": step, **m}))
+    result = finetune_experts(
+        model_path, selection, examples, ft, out / "selected", callback=lambda step, m: history.append({"step": step, **m}), model=cfg.model
+    )
     _write_json(history, out / "history.json")
     record = {"patch_path": str(result.patch_path), "history_path": str(out / "history.json"), "metrics": _numeric(result.metrics), "baselines": {}}
     for name in ft.baselines:
         if name == "random":
-            base = finetune_random(model_path, selection, examples, ft, out / "random")
+            base = finetune_random(model_path, selection, examples, ft, out / "random", model=cfg.model)
             record["baselines"]["random"] = {"patch_path": str(base.patch_path), "metrics": _numeric(base.metrics)}
         elif name == "full":
-            base = finetune_full(model_path, examples, ft, out / "full")
+            base = finetune_full(model_path, examples, ft, out / "full", model=cfg.model)
             record["baselines"]["full"] = {"merged_path": str(base.merged_path), "metrics": _numeric(base.metrics)}
     return record
 
@@ -351,33 +318,35 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     """Evaluate base, steered, fine-tuned and the baselines on the same prompts and judges; write the
     comparison table and every response. ``metrics[model][metric]`` holds the numbers."""
     from steermoe.evaluation import ModelEntry, compare_models, judge_options
-    from steermoe.finetune import load_patched_model
-    from steermoe.modeling import load_model, load_tokenizer
+    from steermoe.modeling import load_pretrained
     from steermoe.selection import ExpertSelection
 
     ev, m = cfg.evaluation, cfg.model
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompt_snapshot(prompts_path, ev.split)
-    tokenizer = load_tokenizer(model_path)
 
     def base():
-        return load_model(model_path, dtype=m.dtype, device=m.device), tokenizer
+        return load_pretrained(m, model_path)
 
-    def patched(patch, training):
-        return ModelEntry(lambda: (load_patched_model(model_path, patch, dtype=m.dtype, device=m.device), tokenizer), training=training)
+    def trained(weights_path, patch, training):
+        # Every model answers through the base tokenizer (a merged folder may have none of its own).
+        def load():
+            return load_pretrained(m, weights_path, patch=patch, tokenizer=False).model, load_pretrained(m, model_path, weights=False).tokenizer
+
+        return ModelEntry(load, training=training)
 
     entries: dict = {"base": base}
     if ev.steering:
         steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
         entries["steered"] = ModelEntry(load=base, steering=steering, epsilon=ev.steering_epsilon)
-    entries[CANDIDATE] = patched(finetune["patch_path"], finetune.get("metrics"))
+    entries[CANDIDATE] = trained(model_path, finetune["patch_path"], finetune.get("metrics"))
     baselines = finetune.get("baselines", {})
     if "random" in baselines:
-        entries["random"] = patched(baselines["random"]["patch_path"], baselines["random"].get("metrics"))
+        entries["random"] = trained(model_path, baselines["random"]["patch_path"], baselines["random"].get("metrics"))
     if "full" in baselines:
         full = baselines["full"]
-        entries["full"] = ModelEntry(lambda: (load_model(full["merged_path"], dtype=m.dtype, device=m.device), tokenizer), training=full.get("metrics"))
+        entries["full"] = trained(full["merged_path"], None, full.get("metrics"))
     generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
     with _model_opener(cfg.execution) as open_model:
         result = compare_models(

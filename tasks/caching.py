@@ -2,9 +2,10 @@
 
 A stage's cache key is a hash of what determines its output and nothing else:
 
-- the stage's code version (:func:`steermoe.stages.code_version`: the stage function and the library
-  files it runs),
-- the config keys it reads (:data:`STAGE_SECTIONS`; e.g. only ``evaluation.*`` for evaluation),
+- the stage's code version (:mod:`steermoe.code_version`: the stage function and every project module
+  it reaches, found by walking imports, not listed by hand),
+- the config keys its spec says it reads (:mod:`steermoe.stage_specs`; e.g. only ``evaluation.*``
+  and the model-loading keys for evaluation),
 - the identity of its inputs: the ``key`` of each upstream record, which is the prompt-set fingerprint
   for the validated prompts and the weights fingerprint for the model, so a moved folder with the same
   content still hits while one changed prompt misses from validation on.
@@ -17,6 +18,7 @@ missing, while an intact record is reused (state ``Cached``).
 from __future__ import annotations
 
 import hashlib
+import inspect
 import json
 import logging
 from collections.abc import Mapping
@@ -25,34 +27,18 @@ from pathlib import Path
 from typing import Any
 
 from prefect.cache_policies import CachePolicy
-from pydantic import BaseModel
 
-from steermoe import stages
+from steermoe.config import RunConfig
+from steermoe.stage_specs import STAGE_SPECS
 
-__all__ = ["STAGE_SECTIONS", "StageCache", "stage_key", "stage_dir", "record_is_valid", "result_storage"]
+__all__ = ["STAGE_SECTIONS", "StageCache", "register_task_source", "stage_key", "stage_dir", "record_is_valid", "result_storage"]
 
 log = logging.getLogger(__name__)
 
-# Config keys each stage reads: its cache key covers these and no other settings.
-STAGE_SECTIONS: dict[str, tuple[str, ...]] = {
-    "validate_prompts": ("prompts",),
-    "prepare_model": ("model.source", "model.demo_arch"),
-    "collect_routing": ("model.dtype", "generation", "routing"),
-    "risk_difference": ("analysis",),
-    "select_experts": ("selection",),
-    "finetune": ("model.dtype", "generation.chat_template_kwargs", "finetune"),
-    "evaluate": ("model.dtype", "generation.chat_template_kwargs", "evaluation"),
-    "register": ("tracking.registered_model", "tracking.log_base_weights"),
-}
+# Config keys each stage reads (derived from the stage specs; kept for readers of the old name).
+STAGE_SECTIONS: dict[str, tuple[str, ...]] = {name: spec.reads for name, spec in STAGE_SPECS.items()}
 # Task parameters that never enter a key (where outputs go; which MLflow run records them).
 _NOT_KEYED = {"out_root", "run", "cache_dir"}
-
-
-def _pick(config: BaseModel, dotted: str) -> Any:
-    value: Any = config
-    for part in dotted.split("."):
-        value = getattr(value, part)
-    return value.model_dump(mode="json") if isinstance(value, BaseModel) else value
 
 
 def _hash(*parts: Any) -> str:
@@ -60,24 +46,24 @@ def _hash(*parts: Any) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:24]
 
 
+_TASK_SOURCES: dict[str, str] = {}
+
+
+def register_task_source(stage: str, fn) -> None:
+    """Make the task wrapper's own source part of ``stage``'s key (it shapes the record too)."""
+    _TASK_SOURCES[stage] = inspect.getsource(fn)
+
+
 def stage_key(stage: str, inputs: Mapping[str, Any]) -> str:
     """The content key of one stage run, from the task's parameters (see the module docstring)."""
-    parts: dict[str, Any] = {"stage": stage, "code": stages.code_version(stage)}
+    spec = STAGE_SPECS[stage]
+    parts: dict[str, Any] = {"stage": stage, "code": spec.code_version(), "task": _TASK_SOURCES.get(stage)}
     for name, value in sorted(inputs.items()):
         if name in _NOT_KEYED:
             continue
-        if isinstance(value, BaseModel) and hasattr(value, "prompts"):  # the RunConfig: only this stage's keys
-            parts[name] = {k: _pick(value, k) for k in STAGE_SECTIONS[stage]}
-            if stage == "validate_prompts":
-                parts["prompts.fingerprint"] = stages.prompt_set_fingerprint(value.prompts)
-            if stage == "prepare_model" and value.model.source != "demo" and Path(value.model.source).exists():
-                from steermoe.modeling import model_fingerprint
-
-                parts["model.fingerprint"] = model_fingerprint(Path(value.model.source))
-            if stage == "register":
-                from steermoe.tracking import resolve_tracking_uri
-
-                parts["tracking_uri"] = resolve_tracking_uri(value.tracking, value.cache_dir)
+        if isinstance(value, RunConfig):  # only the keys this stage reads, and the content they name
+            parts[name] = spec.config_values(value)
+            parts.update(spec.identity(value) if spec.identity else {})
         elif isinstance(value, Mapping) and "key" in value:
             parts[name] = value["key"]
         else:

@@ -2,9 +2,11 @@
 
 Every task takes the run config plus the small records of the stages it depends on, writes under a
 content-addressed folder of ``out_root``, and returns a JSON record carrying a ``key`` (its content
-identity, which downstream keys hash). Cache policy: :class:`tasks.caching.StageCache` (content key;
-stale records re-run). Retries: none for stages whose failures are deterministic (bad data, bad
-config, a model that does not fit); registration talks to the tracking server, so it retries.
+identity, which downstream keys hash). Name, cache policy and retries come from the stage's spec
+(:mod:`steermoe.stage_specs`) through :func:`stage_task`: the content key of
+:class:`tasks.caching.StageCache` (stale records re-run); no retries for stages whose failures are
+deterministic (bad data, bad config, a model that does not fit); registration talks to the tracking
+server, so it retries.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from prefect import task
 from steermoe import stages
 from steermoe.config import RunConfig
 from steermoe.errors import ValidationFailed
+from steermoe.stage_specs import STAGE_SPECS
 from tasks.artifacts import publish_validation_report
-from tasks.caching import StageCache, stage_dir, stage_key
+from tasks.caching import StageCache, register_task_source, stage_dir, stage_key
 
 __all__ = [
     "validate_prompts",
@@ -29,10 +32,23 @@ __all__ = [
     "evaluate",
     "register",
     "STAGE_TASKS",
+    "stage_task",
 ]
 
 # Records are small JSON; JSON results are readable on disk and portable between Python versions.
-_PERSIST = {"persist_result": True, "result_serializer": "json", "retries": 0}
+_PERSIST = {"persist_result": True, "result_serializer": "json"}
+
+
+def stage_task(name: str):
+    """The Prefect task of stage ``name``, configured from its spec: task name, content cache policy
+    (:class:`StageCache`, whose key also covers this wrapper's source), retries."""
+    spec = STAGE_SPECS[name]
+
+    def decorate(fn):
+        register_task_source(name, fn)
+        return task(fn, name=spec.task_name, cache_policy=StageCache(stage=name), retries=spec.retries, retry_delay_seconds=3, **_PERSIST)
+
+    return decorate
 
 
 def _where(stage: str, out_root: str, **inputs) -> tuple[str, Path]:
@@ -40,7 +56,7 @@ def _where(stage: str, out_root: str, **inputs) -> tuple[str, Path]:
     return key, stage_dir(out_root, stage, key)
 
 
-@task(name="validate-prompts", cache_policy=StageCache(stage="validate_prompts"), **_PERSIST)
+@stage_task("validate_prompts")
 def validate_prompts(config: RunConfig, out_root: str) -> dict:
     """Validate the prompt set with Great Expectations; bad data fails here, before any model loads."""
     key, out = _where("validate_prompts", out_root, config=config)
@@ -54,35 +70,35 @@ def validate_prompts(config: RunConfig, out_root: str) -> dict:
     return {**record, "key": f"prompts:{record['fingerprint']}", "stage_key": key}
 
 
-@task(name="prepare-model", cache_policy=StageCache(stage="prepare_model"), **_PERSIST)
+@stage_task("prepare_model")
 def prepare_model(config: RunConfig) -> dict:
     """Resolve the base model (building the demo model once) and fingerprint its weights."""
     record = stages.prepare_model_stage(config.model, config.cache_dir)
     return {**record, "key": f"model:{record['fingerprint']}"}
 
 
-@task(name="collect-routing", cache_policy=StageCache(stage="collect_routing"), **_PERSIST)
+@stage_task("collect_routing")
 def collect_routing(config: RunConfig, prompts: dict, model: dict, out_root: str) -> dict:
     """Record which experts the base model routes each token of the routing split to."""
     key, out = _where("collect_routing", out_root, config=config, prompts=prompts, model=model)
     return {**stages.collect_routing_stage(config, model["model_path"], prompts["prompts_path"], out), "key": key}
 
 
-@task(name="risk-difference", cache_policy=StageCache(stage="risk_difference"), **_PERSIST)
+@stage_task("risk_difference")
 def risk_difference(config: RunConfig, routing: dict, out_root: str) -> dict:
     """Per-(layer, expert) risk difference table, CSV/Parquet and heatmap."""
     key, out = _where("risk_difference", out_root, config=config, routing=routing)
     return {**stages.risk_difference_stage(config.analysis, routing["store_path"], out), "key": key}
 
 
-@task(name="select-experts", cache_policy=StageCache(stage="select_experts"), **_PERSIST)
+@stage_task("select_experts")
 def select_experts(config: RunConfig, risk: dict, out_root: str) -> dict:
     """Choose the experts to fine-tune from the risk table."""
     key, out = _where("select_experts", out_root, config=config, risk=risk)
     return {**stages.select_experts_stage(config.selection, risk["table_path"], out), "key": key}
 
 
-@task(name="finetune", cache_policy=StageCache(stage="finetune"), **_PERSIST)
+@stage_task("finetune")
 def finetune(config: RunConfig, prompts: dict, model: dict, routing: dict, selection: dict, out_root: str) -> dict:
     """Fine-tune only the selected experts (plus the configured baselines); returns patch paths."""
     key, out = _where("finetune", out_root, config=config, prompts=prompts, model=model, routing=routing, selection=selection)
@@ -90,7 +106,7 @@ def finetune(config: RunConfig, prompts: dict, model: dict, routing: dict, selec
     return {**record, "key": key}
 
 
-@task(name="evaluate", cache_policy=StageCache(stage="evaluate"), **_PERSIST)
+@stage_task("evaluate")
 def evaluate(config: RunConfig, prompts: dict, model: dict, selection: dict, finetune: dict, out_root: str) -> dict:
     """Refusal, over-refusal and utility of base, fine-tuned, baselines and steering."""
     key, out = _where("evaluate", out_root, config=config, prompts=prompts, model=model, selection=selection, finetune=finetune)
@@ -98,15 +114,7 @@ def evaluate(config: RunConfig, prompts: dict, model: dict, selection: dict, fin
     return {**record, "key": key}
 
 
-@task(
-    name="register",
-    cache_policy=StageCache(stage="register"),
-    persist_result=True,
-    result_serializer="json",
-    # The tracking server may be restarting; registration is all-or-nothing, so retrying is safe.
-    retries=2,
-    retry_delay_seconds=3,
-)
+@stage_task("register")
 def register(config: RunConfig, run: dict, model: dict, prompts: dict, selection: dict, finetune: dict, evaluation: dict) -> dict:
     """Register the fine-tuned patch as a model version with alias ``challenger``."""
     key = stage_key("register", {"config": config, "model": model, "prompts": prompts, "selection": selection, "finetune": finetune, "evaluation": evaluation})
@@ -114,13 +122,5 @@ def register(config: RunConfig, run: dict, model: dict, prompts: dict, selection
     return {**record, "key": key}
 
 
-STAGE_TASKS = {
-    "validate_prompts": validate_prompts,
-    "prepare_model": prepare_model,
-    "collect_routing": collect_routing,
-    "risk_difference": risk_difference,
-    "select_experts": select_experts,
-    "finetune": finetune,
-    "evaluate": evaluate,
-    "register": register,
-}
+# Every stage has exactly one task (a test holds the two registries equal).
+STAGE_TASKS = {t.fn.__name__: t for t in (validate_prompts, prepare_model, collect_routing, risk_difference, select_experts, finetune, evaluate, register)}

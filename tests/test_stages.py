@@ -40,18 +40,6 @@ def test_validate_stage_fails_on_bad_rows_and_writes_no_snapshot(tmp_path):
     assert not (tmp_path / "out" / "prompts.jsonl").exists()
 
 
-def test_code_version_is_stable_per_stage_and_follows_the_source(tmp_path, monkeypatch):
-    versions = {s: stages.code_version(s) for s in stages.STAGES}
-    assert len(set(versions.values())) == len(versions)
-    assert versions == {s: stages.code_version(s) for s in stages.STAGES}
-    source = tmp_path / "fake_stage.py"
-    source.write_text("x = 1\n")
-    monkeypatch.setitem(stages.STAGE_SOURCES, "select_experts", (str(source),))
-    before = stages.code_version("select_experts")
-    source.write_text("x = 2\n")
-    assert stages.code_version("select_experts") != before
-
-
 def test_select_stage_writes_the_selection(tmp_path):
     table = pd.DataFrame({"layer": [0, 0, 1, 1], "expert": [0, 1, 0, 1], "risk_diff": [0.3, -0.1, 0.2, 0.01]})
     table.to_parquet(tmp_path / "t.parquet")

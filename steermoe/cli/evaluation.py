@@ -97,7 +97,7 @@ def evaluate(
     from steermoe.config import load_config
     from steermoe.errors import InputError
     from steermoe.evaluation.comparison import ModelEntry
-    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
+    from steermoe.modeling import load_pretrained, resolve_model_path
     from steermoe.selection import ExpertSelection
 
     if model is not None and patch is not None:
@@ -106,18 +106,15 @@ def evaluate(
     prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
     base_path = resolve_model_path(cfg.model, cfg.cache_dir)
     m = cfg.model
-    tokenizer = load_tokenizer(base_path, m.trust_remote_code)
-    base = load_model(base_path, m.dtype, m.device, m.trust_remote_code)
+    base, tokenizer = load_pretrained(m, base_path)
     entries = {"base": ModelEntry(lambda: (base, tokenizer))}
     name = "base"
     if model is not None:
         name = "model"
-        entries[name] = ModelEntry(lambda: (load_model(_existing(model, "--model"), m.dtype, m.device, m.trust_remote_code), load_tokenizer(model)))
+        entries[name] = ModelEntry(lambda: load_pretrained(m, _existing(model, "--model")))
     elif patch is not None:
-        from steermoe.finetune import load_patched_model
-
         name = "patched"
-        entries[name] = ModelEntry(lambda: (load_patched_model(base_path, _existing(patch, "--patch"), m.dtype, m.device), tokenizer))
+        entries[name] = ModelEntry(lambda: load_pretrained(m, base_path, patch=_existing(patch, "--patch")))
     if selection is not None:
         steered = ExpertSelection.from_json(_existing(selection, "--steer"))
         target = entries[name]
@@ -160,7 +157,7 @@ def compare(
     from steermoe.config import load_config
     from steermoe.errors import InputError
     from steermoe.evaluation.comparison import ModelEntry
-    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
+    from steermoe.modeling import load_pretrained, resolve_model_path
     from steermoe.selection import ExpertSelection
 
     named = {"--patch": _pairs(patches, "--patch"), "--model": _pairs(models, "--model"), "--steer": _pairs(steers, "--steer")}
@@ -174,17 +171,14 @@ def compare(
     prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
     base_path = resolve_model_path(cfg.model, cfg.cache_dir)
     m = cfg.model
-    tokenizer = load_tokenizer(base_path, m.trust_remote_code)
-    base = load_model(base_path, m.dtype, m.device, m.trust_remote_code)
+    base, tokenizer = load_pretrained(m, base_path)
     entries = {"base": ModelEntry(lambda: (base, tokenizer))}
     for name, path in named["--steer"].items():
         entries[name] = ModelEntry(lambda: (base, tokenizer), ExpertSelection.from_json(_existing(path, "--steer")), cfg.evaluation.steering_epsilon)
     for name, path in named["--patch"].items():
-        from steermoe.finetune import load_patched_model
-
-        entries[name] = ModelEntry(lambda p=_existing(path, "--patch"): (load_patched_model(base_path, p, m.dtype, m.device), tokenizer))
+        entries[name] = ModelEntry(lambda p=_existing(path, "--patch"): load_pretrained(m, base_path, patch=p))
     for name, path in named["--model"].items():
-        entries[name] = ModelEntry(lambda p=_existing(path, "--model"): (load_model(p, m.dtype, m.device, m.trust_remote_code), load_tokenizer(p)))
+        entries[name] = ModelEntry(lambda p=_existing(path, "--model"): load_pretrained(m, p))
     out = out or Path(cfg.output_dir) / cfg.run_name / "comparison"
     result = _run(cfg, entries, prompts, out)
     _print(result)

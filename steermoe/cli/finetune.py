@@ -31,7 +31,7 @@ def finetune(
         finetune_random,
         refusals_from_endpoint,
     )
-    from steermoe.modeling import load_model, load_tokenizer, resolve_model_path
+    from steermoe.modeling import load_pretrained, resolve_model_path
     from steermoe.prompts import to_messages
     from steermoe.selection import ExpertSelection
     from steermoe.stages import load_prompt_set
@@ -49,20 +49,19 @@ def finetune(
     prompts = prompts[prompts["split"] == "train"]
     unsafe = [to_messages(r) for r in prompts[prompts["label"] == "unsafe"].to_dict("records")]
     safe = [to_messages(r) for r in prompts[prompts["label"] == "safe"].to_dict("records")]
-    tokenizer = load_tokenizer(model_path)
-    model = load_model(model_path, dtype=cfg.model.dtype, device=cfg.model.device)
+    model, tokenizer = load_pretrained(cfg.model, model_path)
     g = cfg.generation
     answers = base_model_answers(model, tokenizer, safe, ft.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
     del model
     refusals = refusals_from_endpoint(ft.refusal_endpoint, ft.refusal_endpoint_model, unsafe) if ft.refusal_endpoint else None
     examples = build_training_examples(tokenizer, unsafe, safe, answers, ft, refusals=refusals, chat_template_kwargs=g.chat_template_kwargs)
     console.print(f"{len(examples)} training examples, {len(chosen)} selected experts, ZeRO {ft.zero_stage} {ft.precision}")
-    results = [finetune_experts(model_path, chosen, examples, ft, out / "selected")]
+    results = [finetune_experts(model_path, chosen, examples, ft, out / "selected", model=cfg.model)]
     for name in ft.baselines:
         if name == "random":
-            results.append(finetune_random(model_path, chosen, examples, ft, out / "random"))
+            results.append(finetune_random(model_path, chosen, examples, ft, out / "random", model=cfg.model))
         elif name == "full":
-            results.append(finetune_full(model_path, examples, ft, out / "full"))
+            results.append(finetune_full(model_path, examples, ft, out / "full", model=cfg.model))
     _print_results(results)
     return 0
 

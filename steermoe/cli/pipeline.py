@@ -17,7 +17,7 @@ from rich.table import Table
 from steermoe.cli.app import app, console
 from steermoe.cli.prompts import ConfigOption, SetOption
 
-__all__ = ["run", "promote", "deploy", "serve"]
+__all__ = ["run", "stages", "promote", "deploy", "serve"]
 
 _SHOWN_METRICS = ("refusal_rate", "over_refusal", "utility_loss", "utility_loss_delta", "routing_drift")
 
@@ -85,6 +85,28 @@ def run(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = 
     state = safety_pipeline(config=cfg, return_state=True)
     summary = state.result()  # re-raises the failing stage's error (one line for user errors)
     _summary(summary, str(state.state_details.flow_run_id) if state.state_details else None)
+    return 0
+
+
+@app.command()
+def stages(
+    markdown: bool = typer.Option(False, "--markdown", help="Print the README's Markdown table instead."),
+    modules: bool = typer.Option(False, "--modules", help="Also list the project modules each stage's code version covers."),
+) -> int:
+    """The pipeline's stages: library function, config keys read, inputs, output and code version."""
+    from steermoe.stage_specs import STAGE_SPECS, stage_table
+
+    if markdown:
+        print(stage_table())  # plain print: Rich would read the Markdown's brackets as markup
+        return 0
+    table = Table(title="pipeline stages (steermoe/stage_specs.py; functions in steermoe/stages.py)")
+    for col in ("stage", "config keys read", "inputs", "code version"):
+        table.add_column(col, overflow="fold")
+    for spec in STAGE_SPECS.values():
+        table.add_row(spec.name, "\n".join(spec.reads), ", ".join(spec.inputs) or "-", spec.code_version())
+    console.print(table)
+    for spec in STAGE_SPECS.values() if modules else ():
+        console.print(f"{spec.name}: {', '.join(spec.reached_modules())}", highlight=False, markup=False)
     return 0
 
 

@@ -136,12 +136,13 @@ def apply_patch(model, patch_path: str | Path, fingerprint: str | None = None):
     return model
 
 
-def load_patched_model(base_path: str | Path, patch_path: str | Path, dtype: str = "float32", device: str = "auto"):
-    """Load the base model and apply the patch: the fine-tuned model."""
-    from steermoe.modeling import load_model, model_fingerprint
+def load_patched_model(base_path: str | Path, patch_path: str | Path, dtype: str = "float32", device: str = "auto", model=None):
+    """Load the base model and apply the patch: the fine-tuned model (``model``: the model section,
+    whose dtype and device the arguments override)."""
+    from steermoe.modeling import load_pretrained, model_section
 
-    model = load_model(base_path, dtype=dtype, device=device)
-    return apply_patch(model, patch_path, fingerprint=model_fingerprint(base_path))
+    section = (model or model_section()).model_copy(update={"dtype": dtype, "device": device})
+    return load_pretrained(section, base_path, patch=patch_path, tokenizer=False).model
 
 
 def save_merged(model, tokenizer, out_dir: str | Path) -> Path:

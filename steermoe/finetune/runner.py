@@ -46,18 +46,21 @@ def split_heldout(examples: Sequence, fraction: float, seed: int) -> tuple[list,
     return [x for i, x in enumerate(examples) if i not in held], [x for i, x in enumerate(examples) if i in held]
 
 
-def random_selection(base_path: str | Path, size: int, seed: int = 0, exclude: Sequence[tuple[int, int]] = ()) -> ExpertSelection:
-    """``size`` experts drawn uniformly (seeded) from all MoE (layer, expert) pairs of a model."""
+def random_selection(base_path: str | Path, size: int, seed: int = 0, exclude: Sequence[tuple[int, int]] = (), model=None) -> ExpertSelection:
+    """``size`` experts drawn uniformly (seeded) from all MoE (layer, expert) pairs of a model
+    (``model``: its model section, for ``trust_remote_code``)."""
     import torch
-    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM
 
     from steermoe.adapters import adapter_for, moe_layers
+    from steermoe.modeling import load_hf_config, model_section
 
-    config = AutoConfig.from_pretrained(str(base_path))
+    section = model or model_section()
+    config = load_hf_config(section, base_path)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    adapter = adapter_for(model)
-    pairs = [(m.layer, e) for m in moe_layers(model, adapter) for e in range(adapter.num_experts(config))]
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=section.trust_remote_code)
+    adapter = adapter_for(skeleton)
+    pairs = [(m.layer, e) for m in moe_layers(skeleton, adapter) for e in range(adapter.num_experts(config))]
     pool = [p for p in pairs if p not in set(exclude)] or pairs
     if size > len(pool):
         raise InputError(f"random baseline: {size} experts asked for, the model has {len(pool)} to draw from")
@@ -65,25 +68,29 @@ def random_selection(base_path: str | Path, size: int, seed: int = 0, exclude: S
     return ExpertSelection(chosen, [0.0] * size, "random", {"seed": seed, "size": size})
 
 
-def finetune_experts(base_path, selection: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+# ``model`` below is the run's model section (``trust_remote_code``, attention kernel); dtype and device
+# come from the fine-tuning section. None: the defaults.
+
+
+def finetune_experts(base_path, selection: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True, model=None) -> FinetuneResult:
     """Fine-tune only ``selection``'s experts; everything else stays bit-identical to the base."""
-    return _finetune("selective", base_path, selection, examples, cfg, out_dir, callback, heldout, progress)
+    return _finetune("selective", base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model)
 
 
-def finetune_random(base_path, like: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+def finetune_random(base_path, like: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True, model=None) -> FinetuneResult:
     """Baseline: as many random experts as ``like`` (disjoint from it where possible), same data and budget."""
-    selection = random_selection(base_path, len(like), seed=cfg.seed, exclude=like.experts)
-    return _finetune("random", base_path, selection, examples, cfg, out_dir, callback, heldout, progress)
+    selection = random_selection(base_path, len(like), seed=cfg.seed, exclude=like.experts, model=model)
+    return _finetune("random", base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model)
 
 
-def finetune_full(base_path, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True) -> FinetuneResult:
+def finetune_full(base_path, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True, model=None) -> FinetuneResult:
     """Baseline: every parameter trained, same data and budget; writes a merged model folder."""
-    return _finetune("full", base_path, None, examples, cfg, out_dir, callback, heldout, progress)
+    return _finetune("full", base_path, None, examples, cfg, out_dir, callback, heldout, progress, model)
 
 
-def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, heldout, progress) -> FinetuneResult:
+def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model) -> FinetuneResult:
     from steermoe.finetune.data import save_examples
-    from steermoe.modeling import model_fingerprint
+    from steermoe.modeling import model_fingerprint, model_section
 
     base_path, out_dir = Path(base_path), Path(out_dir)
     if not examples:
@@ -99,6 +106,7 @@ def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, held
         "base_fingerprint": model_fingerprint(base_path),
         "selection": selection.to_dict() if selection is not None else None,
         "cfg": cfg.model_dump(mode="json"),
+        "model": (model or model_section()).model_dump(mode="json"),
         "out_dir": str(out_dir),
     }
     if cfg.num_processes > 1 or cfg.hostfile:
@@ -192,7 +200,7 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     from steermoe.finetune.engine import ensure_dist_env, run_training
     from steermoe.finetune.experts import prepare_full, prepare_selective
     from steermoe.finetune.integrity import frozen_snapshot, verify_frozen
-    from steermoe.modeling import load_model
+    from steermoe.modeling import load_pretrained
 
     cfg = FinetuneConfig.model_validate(job["cfg"])
     out_dir = Path(job["out_dir"])
@@ -200,7 +208,7 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     device = _device(cfg)
     deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
     rank = int(os.environ["RANK"])
-    model = load_model(job["base_path"], dtype="bfloat16" if cfg.precision == "bf16" else "float32", device=device)
+    model = load_pretrained(_job_model(job, device), job["base_path"], tokenizer=False).model
     selection = ExpertSelection.from_dict(job["selection"]) if job["selection"] else None
     plan = prepare_selective(model, selection) if selection is not None else prepare_full(model)
     zero3 = cfg.zero_stage == 3
@@ -238,7 +246,7 @@ def _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank) -> N
             if plan is not None:
                 save_patch(out_dir / "patch", plan, job["base_fingerprint"], selection, extra={"metrics": _small(metrics)})
             if plan is None or cfg.merge:
-                tokenizer = _tokenizer(job["base_path"])
+                tokenizer = _tokenizer(job)
                 if plan is not None and cfg.zero_stage == 3:
                     _merge_from_patch(job, out_dir, tokenizer)
                 else:
@@ -254,19 +262,27 @@ def _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank) -> N
         dist.barrier()
 
 
-def _merge_from_patch(job, out_dir: Path, tokenizer) -> None:
-    from steermoe.finetune.patch import load_patched_model, save_merged
+def _job_model(job: dict, device: str):
+    """The model section a job loads with: the run's, in the training precision, on this rank's device."""
+    from steermoe.modeling import model_section
 
     dtype = "bfloat16" if job["cfg"]["precision"] == "bf16" else "float32"
-    model = load_patched_model(job["base_path"], out_dir / "patch", dtype=dtype, device="cpu")
+    return model_section(**{**job.get("model", {}), "dtype": dtype, "device": device})
+
+
+def _merge_from_patch(job, out_dir: Path, tokenizer) -> None:
+    from steermoe.finetune.patch import save_merged
+    from steermoe.modeling import load_pretrained
+
+    model = load_pretrained(_job_model(job, "cpu"), job["base_path"], patch=out_dir / "patch", tokenizer=False).model
     save_merged(model, tokenizer, out_dir / "merged")
 
 
-def _tokenizer(base_path):
-    from steermoe.modeling import load_tokenizer
+def _tokenizer(job: dict):
+    from steermoe.modeling import load_pretrained
 
     try:
-        return load_tokenizer(base_path)
+        return load_pretrained(_job_model(job, "cpu"), job["base_path"], weights=False).tokenizer
     except (OSError, ValueError, TypeError):
         return None  # a weights-only folder: the merged model gets no tokenizer
 

@@ -31,10 +31,9 @@ class RoutingWorker:
     """A session on a Ray worker: the model loaded once, router hooks on, shards computed on demand."""
 
     def __init__(self, model_cfg, model_path: str, prompts_df: pd.DataFrame, fingerprint: str, settings: dict[str, Any]):
-        from steermoe.modeling import load_model, load_tokenizer
+        from steermoe.modeling import load_pretrained
 
-        model = load_model(model_path, dtype=model_cfg.dtype, device=model_cfg.device, trust_remote_code=model_cfg.trust_remote_code)
-        tokenizer = load_tokenizer(model_path, trust_remote_code=model_cfg.trust_remote_code)
+        model, tokenizer = load_pretrained(model_cfg, model_path)
         self._rows = prompts_df.to_dict("records")
         self._stack = ExitStack()
         self._session = self._stack.enter_context(routing_session(model, tokenizer, prompts_df, fingerprint=fingerprint, **settings))
