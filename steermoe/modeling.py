@@ -143,7 +143,9 @@ def _weights(model_cfg, path: str | Path):
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **options)
     except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot load model ({str(e).splitlines()[0]})") from None
+        reason = str(e).splitlines()[0]
+        fix = "; set model.trust_remote_code=true if you trust the folder's code" if "custom code" in reason else ""
+        raise InputError(f"{path}: cannot load model ({reason}){fix}") from None
     model.to(resolve_device(model_cfg.device))
     model.eval()
     return model
