@@ -33,9 +33,13 @@ __all__ = [
     "user_text",
     "to_messages",
     "select_split",
+    "SPLITS",
 ]
 
 PROMPT_COLUMNS = ["id", "prompt", "messages", "label", "category", "source", "split"]
+# train: routing + fine-tuning; eval: held-out evaluation; ood: held-out evaluation in other wording
+# (out of distribution), never trained on.
+SPLITS = ("train", "eval", "ood")
 LABELS = ("safe", "unsafe")
 FORMATS = ("jsonl", "csv", "parquet", "hf")
 

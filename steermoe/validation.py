@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from steermoe.prompts import LABELS, fingerprint, user_text
+from steermoe.prompts import LABELS, SPLITS, fingerprint, user_text
 
 __all__ = ["RULES", "Failure", "ValidationReport", "validate_prompts"]
 
@@ -24,7 +24,7 @@ RULES = {
     "required_columns": "id, label and one of prompt/messages are present",
     "not_null": "id, label and the user text are filled in",
     "label_in_set": "label is 'safe' or 'unsafe'",
-    "split_in_set": "split, when given, is 'train' or 'eval'",
+    "split_in_set": "split, when given, is 'train', 'eval' or 'ood'",
     "unique_id": "no two rows share an id",
     "unique_text": "no two rows share the same prompt text",
     "label_conflict": "the same text never appears under both labels",
@@ -194,7 +194,7 @@ def validate_prompts(
         ("not_null", E.ExpectColumnValuesToNotBeNull(column="label")),
         ("not_null", E.ExpectColumnValuesToNotBeNull(column="text")),
         ("label_in_set", E.ExpectColumnValuesToBeInSet(column="label", value_set=list(LABELS))),
-        ("split_in_set", E.ExpectColumnValuesToBeInSet(column="split", value_set=["train", "eval"])),
+        ("split_in_set", E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS))),
         ("unique_id", E.ExpectColumnValuesToBeUnique(column="id")),
         ("unique_text", E.ExpectColumnValuesToBeUnique(column="text")),
         ("label_conflict", E.ExpectColumnValuesToBeInSet(column="_conflict", value_set=[False])),

@@ -20,7 +20,8 @@ from steermoe.prompts import PROMPT_COLUMNS
 
 @pytest.fixture(scope="module")
 def shipped():
-    return [json.loads(line) for p in demo_prompt_paths() for line in p.read_text(encoding="utf-8").splitlines() if line]
+    """The rendered sets (the hand-written ood set has its own tests: test_demo_ood.py)."""
+    return [json.loads(line) for p in demo_prompt_paths(ood=False) for line in p.read_text(encoding="utf-8").splitlines() if line]
 
 
 @pytest.fixture(scope="module")
@@ -41,9 +42,9 @@ def test_counts_and_categories_meet_the_minimums(prompts):
     assert len(safe) >= 300 and safe.category.nunique() >= 10
     assert len(borderline) >= 80 and set(borderline.label) == {"safe"}
     for frame in (unsafe, safe, borderline):
-        assert set(frame.split) == {"train", "eval"}
-    # every category has both splits, so eval covers each one
-    assert (prompts.groupby("category").split.nunique() == 2).all()
+        assert set(frame.split) == {"train", "eval", "ood"}
+    # every category has all three splits, so eval and ood cover each one
+    assert (prompts.groupby("category").split.nunique() == 3).all()
 
 
 def test_canonical_columns(prompts):

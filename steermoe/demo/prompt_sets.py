@@ -1,9 +1,14 @@
 """The built-in prompt sets: rendered from :mod:`steermoe.demo.prompt_templates`, shipped as JSONL.
 
-Three files under ``steermoe/demo/data/``: ``unsafe.jsonl``, ``safe.jsonl`` and ``borderline.jsonl``
-(borderline-benign prompts are ``label: safe, category: borderline``). Each row also records the
-``template`` and ``item`` it came from, so the split rule (no shared prompt, item or template
-between train and eval) can be checked on the shipped files.
+Three rendered files under ``steermoe/demo/data/``: ``unsafe.jsonl``, ``safe.jsonl`` and
+``borderline.jsonl`` (borderline-benign prompts are ``label: safe, category: borderline``). Each row also
+records the ``template`` and ``item`` it came from, so the split rule (no shared prompt, item or
+template between train and eval) can be checked on the shipped files.
+
+A fourth file, ``ood.jsonl`` (``split: ood``), is *not* rendered: 360 prompts written by hand in free
+wording (indirect and polite requests, context sentences, typos, questions and imperatives) to measure
+whether the demo world generalises beyond its own templates. It is never used for training or for
+choosing settings; borderline rows name their group in ``topic``.
 """
 
 from __future__ import annotations
@@ -15,10 +20,11 @@ import pandas as pd
 
 from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, TRAIN_TEMPLATES, UNSAFE_GOALS
 
-__all__ = ["DATA_DIR", "PROMPT_FILES", "render_prompt_sets", "write_prompt_files", "load_demo_prompts", "demo_prompt_paths"]
+__all__ = ["DATA_DIR", "PROMPT_FILES", "OOD_FILE", "render_prompt_sets", "write_prompt_files", "load_demo_prompts", "demo_prompt_paths"]
 
 DATA_DIR = Path(__file__).parent / "data"
-PROMPT_FILES = ("unsafe.jsonl", "safe.jsonl", "borderline.jsonl")
+PROMPT_FILES = ("unsafe.jsonl", "safe.jsonl", "borderline.jsonl")  # rendered from the templates
+OOD_FILE = "ood.jsonl"  # written by hand, free wording
 SOURCE = "steermoe-demo"
 # Templates per item: every train pair gets one of the train templates (rotating), every held-out
 # eval pair two of the six eval templates.
@@ -83,12 +89,13 @@ def write_prompt_files(data_dir: str | Path = DATA_DIR) -> list[Path]:
     return paths
 
 
-def demo_prompt_paths() -> list[Path]:
-    return [DATA_DIR / name for name in PROMPT_FILES]
+def demo_prompt_paths(ood: bool = True) -> list[Path]:
+    """The shipped prompt files: the rendered sets, and the free-wording ``ood`` set unless ``ood=False``."""
+    return [DATA_DIR / name for name in PROMPT_FILES + ((OOD_FILE,) if ood else ())]
 
 
 def load_demo_prompts(split: str | None = None) -> pd.DataFrame:
-    """The built-in prompt sets as one canonical prompt table (``split``: 'train', 'eval' or None for both)."""
+    """The built-in prompt sets as one canonical prompt table (``split``: 'train', 'eval', 'ood' or None for all)."""
     from steermoe.prompts import load_prompt_sources
 
     frame = load_prompt_sources(demo_prompt_paths())

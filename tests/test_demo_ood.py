@@ -1,0 +1,60 @@
+"""The free-wording ``ood`` split: its size and coverage, and that no training text leaks into it."""
+
+import json
+import re
+
+import pytest
+
+from steermoe.demo import load_demo_prompts
+from steermoe.demo.corpus import build_corpus
+from steermoe.demo.prompt_sets import DATA_DIR, OOD_FILE, demo_prompt_paths
+from steermoe.demo.prompt_templates import BORDERLINE_GROUPS, SAFE_GRIDS, UNSAFE_GRIDS
+from steermoe.prompts import select_split
+from steermoe.validation import validate_prompts
+
+
+@pytest.fixture(scope="module")
+def ood():
+    return [json.loads(line) for line in (DATA_DIR / OOD_FILE).read_text(encoding="utf-8").splitlines() if line]
+
+
+def _ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9']+", text.lower())
+    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
+
+
+def test_covers_every_category_topic_and_borderline_group(ood):
+    unsafe = [r for r in ood if r["label"] == "unsafe"]
+    safe = [r for r in ood if r["label"] == "safe" and r["category"] != "borderline"]
+    borderline = [r for r in ood if r["category"] == "borderline"]
+    assert len(unsafe) >= 150 and {r["category"] for r in unsafe} == set(UNSAFE_GRIDS)
+    assert len(safe) >= 150 and {r["category"] for r in safe} == set(SAFE_GRIDS)
+    assert len(borderline) >= 60 and {r["topic"] for r in borderline} == set(BORDERLINE_GROUPS)
+    assert {r["label"] for r in borderline} == {"safe"}
+    assert {r["split"] for r in ood} == {"ood"}
+
+
+def test_shares_no_prompt_and_no_8gram_with_training_text(ood):
+    rendered = [json.loads(line) for p in demo_prompt_paths(ood=False) for line in p.read_text(encoding="utf-8").splitlines() if line]
+    corpus = build_corpus()
+    assert not {r["prompt"].lower() for r in ood} & {r["prompt"].lower() for r in rendered}
+    assert not {r["prompt"].lower() for r in ood} & {ex.prompt.lower() for ex in corpus}
+    training = set().union(*(_ngrams(ex.prompt) | _ngrams(ex.answer) for ex in corpus))
+    training |= set().union(*(_ngrams(r["prompt"]) for r in rendered if r["split"] == "train"))
+    leaks = [r["id"] for r in ood if _ngrams(r["prompt"]) & training]
+    assert not leaks, leaks
+
+
+def test_is_free_wording_not_the_templates(ood):
+    """Written by another method than the grids: lengths vary, some prompts hold several sentences."""
+    lengths = sorted(len(r["prompt"].split()) for r in ood)
+    assert lengths[0] <= 8 and lengths[-1] >= 20
+    assert sum(len(re.findall(r"[.?!](\s|$)", r["prompt"])) >= 2 for r in ood) >= 50
+    assert sum(r["prompt"][0].islower() for r in ood) >= 20  # casual typing, no capital
+
+
+def test_is_validated_with_the_demo_sets_and_never_in_train():
+    prompts = load_demo_prompts()
+    assert validate_prompts(prompts).success
+    assert len(select_split(prompts, "ood")) == 360
+    assert not select_split(prompts, "train").id.str.startswith("ood-").any()
