@@ -16,7 +16,10 @@ from steermoe.stage_specs import STAGE_SPECS, STAGES
 from tasks import artifacts
 from tasks import stages as t
 from tasks.caching import result_storage
+from tasks.logs import quiet_user_errors
 from tasks.tracking import finish_tracking, start_tracking, track_stage
+
+quiet_user_errors()  # a bad-input failure logs its one line, not a traceback
 
 __all__ = ["safety_pipeline", "resolve_config"]
 

@@ -203,6 +203,16 @@ class EvaluationConfig(Section):
     steering_selection: str | None = Field(None, description="Expert selection JSON to steer with (default: the run's selection.json).")
     steering_epsilon: float = Field(0.01, gt=0, description="How far above the max / below the min steered log-probabilities are set.")
 
+    @field_validator("judges")
+    @classmethod
+    def _known_judges(cls, v: list[str]) -> list[str]:
+        from steermoe.evaluation.judges import JUDGES
+
+        unknown = [j for j in v if j not in JUDGES]
+        if unknown or not v:
+            raise ValueError(f"unknown judge(s) {unknown}; choose from {JUDGES.names()}" if unknown else f"name at least one of {JUDGES.names()}")
+        return v
+
 
 class TrackingConfig(Section):
     mlflow_uri: str | None = Field(None, description="MLflow tracking URI (file, sqlite:// or http://); empty: $MLFLOW_TRACKING_URI, else a SQLite store under the cache dir.")

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError", "WorkerFailed"]
+import errno
+
+__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError", "WorkerFailed", "describe_os_error"]
 
 
 class SteerMoEError(Exception):
@@ -41,3 +43,21 @@ class WorkerFailed(SteerMoEError):
     """A shard could not be computed on a (Ray) worker within its retries; the message names the shard."""
 
     exit_code = 1
+
+
+_OS_HINTS = {
+    errno.ENOSPC: "free space on that disk (or point output_dir / cache_dir / --out elsewhere) and run again; finished stages are reused",
+    errno.EDQUOT: "your disk quota is used up; free space or point output_dir / cache_dir elsewhere and run again",
+    errno.EFBIG: "the file-size limit (ulimit -f) was reached; raise it or write elsewhere",
+    errno.EROFS: "that filesystem is read-only; point output_dir / cache_dir / --out at a writable folder",
+    errno.EACCES: "check the folder's permissions, or point output_dir / cache_dir / --out elsewhere",
+    errno.ENOENT: "check the path",
+}
+
+
+def describe_os_error(e: OSError) -> str:
+    """One line for an operating-system error: the file, what went wrong and how to fix it."""
+    where = f"{e.filename}: " if e.filename else ""
+    what = e.strerror or str(e)
+    hint = _OS_HINTS.get(e.errno or -1)
+    return f"{where}{what}" + (f"; {hint}" if hint else "")

@@ -194,7 +194,8 @@ def import_table(path: str | Path, out: str | Path, confidence: float = 0.95) ->
     """Read a SteerMoE table (CSV, Parquet or pickle) and write our risk table as Parquet."""
     df = read_table_file(path)
     table = from_steermoe_table(df, confidence, source=str(path))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    from steermoe.files import atomic_path
+
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
     return table

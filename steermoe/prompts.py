@@ -171,6 +171,14 @@ def _normalise(frame: pd.DataFrame, source: PromptSource, origin: str) -> pd.Dat
     missing = [theirs for theirs in mapping.values() if theirs not in frame.columns]
     if missing:
         raise InputError(f"{origin}: mapped columns {missing} not in the file; it has {list(frame.columns)}")
+    if frame.empty:
+        raise InputError(f"{origin}: the file has no rows; give a prompt file with at least one record")
+    if not any(mapping.get(c, c) in frame.columns for c in ("prompt", "messages")):
+        shown = [str(c)[:40] for c in list(frame.columns)[:6]]
+        raise InputError(
+            f"{origin}: no 'prompt' or 'messages' column (columns: {shown}); add a header row, or map yours with "
+            "columns: {prompt: <your column>}"
+        )
     # Object columns throughout: pandas 3 would turn text into Arrow strings, which cannot hold the
     # surrogate escapes that mark invalid UTF-8 for the validator.
     cols: dict[str, list] = {}

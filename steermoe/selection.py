@@ -77,7 +77,9 @@ class ExpertSelection:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            from steermoe.files import write_text_atomic
+
+            write_text_atomic(path, text)
         return text
 
     @classmethod
@@ -94,8 +96,19 @@ class ExpertSelection:
     @classmethod
     def from_json(cls, path_or_text: str | Path) -> ExpertSelection:
         p = Path(path_or_text) if not str(path_or_text).lstrip().startswith("{") else None
-        text = p.read_text(encoding="utf-8") if p is not None else str(path_or_text)
-        return cls.from_dict(json.loads(text))
+        where = str(p) if p is not None else "selection"
+        if p is not None and not p.is_file():
+            raise InputError(f"{p}: {'is a directory' if p.is_dir() else 'no such file'}; give the selection.json `steermoe select --out` wrote")
+        try:
+            data = json.loads(p.read_text(encoding="utf-8") if p is not None else str(path_or_text))
+            return cls.from_dict(data)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise InputError(f"{where}: not a selection JSON file ({e}); give the selection.json `steermoe select --out` wrote") from None
+        except (KeyError, TypeError, ValueError, AttributeError):
+            raise InputError(
+                f"{where}: not an expert selection (needs 'experts': [[layer, expert], ...], 'scores' and 'strategy'); "
+                "give the selection.json `steermoe select --out` wrote"
+            ) from None
 
 
 # ---------------------------------------------------------------- strategies

@@ -194,6 +194,7 @@ def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Pa
 def risk_difference_stage(analysis_cfg, store_path: str, out_dir: str | Path) -> dict:
     """Per-(layer, expert) risk difference with statistics: Parquet + CSV table, heatmap and top-experts chart."""
     from steermoe.analysis import risk_difference
+    from steermoe.files import atomic_path
     from steermoe.plots import save_plots
 
     out = Path(out_dir)
@@ -209,8 +210,10 @@ def risk_difference_stage(analysis_cfg, store_path: str, out_dir: str | Path) ->
     )
     table_path, csv_path = out / "risk_table.parquet", out / "risk_table.csv"
     table.attrs = {}  # run facts are not Parquet metadata material
-    table.to_parquet(table_path, index=False)
-    table.to_csv(csv_path, index=False)
+    with atomic_path(table_path) as tmp:
+        table.to_parquet(tmp, index=False)
+    with atomic_path(csv_path) as tmp:
+        table.to_csv(tmp, index=False)
     plots = save_plots(table, out)
     top = table.sort_values("risk_diff", ascending=False).head(1)
     return {

@@ -79,7 +79,9 @@ class ValidationReport:
     def to_json(self, path: str | Path | None = None) -> str:
         text = json.dumps(self.to_dict(), indent=2, ensure_ascii=False, default=str)
         if path is not None:
-            Path(path).write_text(text, encoding="utf-8")
+            from steermoe.files import write_text_atomic
+
+            write_text_atomic(path, text)
         return text
 
     def to_frame(self) -> pd.DataFrame:

@@ -63,8 +63,10 @@ def analyze(
         confidence=confidence or cfg.confidence,
         batch_size=batch_size or cfg.batch_size,
     )
-    out.parent.mkdir(parents=True, exist_ok=True)
-    table.to_parquet(out, index=False)
+    from steermoe.files import atomic_path
+
+    with atomic_path(out) as tmp:
+        table.to_parquet(tmp, index=False)
     a = table.attrs
     print_top(table, f"{a['weighting']} weighting, {a['segment']} tokens: {a['tokens_unsafe']} unsafe / {a['tokens_safe']} safe")
     console.print(f"wrote {len(table)} rows to {out}", highlight=False)

@@ -36,9 +36,18 @@ def run_app(argv: list[str] | None = None) -> int:
     except click.exceptions.Abort:
         err_console.print("aborted")
         return 130
+    except click.UsageError as e:  # one line, like every other user error
+        hint = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
+        err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        return e.exit_code
     except click.ClickException as e:
         e.show()
         return e.exit_code
+    except OSError as e:  # a full disk, a read-only or missing folder: the file and the fix, not a traceback
+        from steermoe.errors import describe_os_error
+
+        err_console.print(f"[bold red]error:[/] {describe_os_error(e)}", highlight=False, soft_wrap=True)
+        return 1
     except KeyboardInterrupt:
         err_console.print("interrupted")
         return 130

@@ -22,8 +22,13 @@ __all__ = ["run", "stages", "promote", "deploy", "serve"]
 _SHOWN_METRICS = ("refusal_rate", "over_refusal", "utility_loss", "utility_loss_delta", "routing_drift")
 
 
-def _prefect_ready() -> None:
-    """Quiet defaults for a local run; anything the user set wins."""
+def _prefect_ready(cfg=None) -> None:
+    """Quiet defaults for a local run (anything the user set wins); the servers it names must answer."""
+    from steermoe.servers import check_prefect_api, check_tracking_server
+
+    check_prefect_api()
+    if cfg is not None:
+        check_tracking_server(cfg.tracking)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The temporary API starts a server process; on a busy laptop that can take longer than Prefect's 20 s.
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
@@ -79,7 +84,7 @@ def run(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = 
     from steermoe.config import load_config
 
     cfg = load_config(config, overrides or [])
-    _prefect_ready()
+    _prefect_ready(cfg)
     from flows.pipeline import safety_pipeline
 
     state = safety_pipeline(config=cfg, return_state=True)
@@ -120,7 +125,7 @@ def promote(
     from steermoe.config import load_config
 
     cfg = load_config(config, overrides or [])
-    _prefect_ready()
+    _prefect_ready(cfg)
     from flows.promotion import promote as promote_flow
 
     result = promote_flow(candidate=candidate, config=cfg)
@@ -148,6 +153,9 @@ def deploy(
 
     if not os.environ.get("PREFECT_API_URL"):
         raise InputError("deploy: PREFECT_API_URL is not set; start `prefect server start` (or docker compose up) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+    from steermoe.servers import check_prefect_api
+
+    check_prefect_api()
     from deployments.definitions import deploy_all
 
     for name, deployment_id in deploy_all(work_pool, config_path).items():

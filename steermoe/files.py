@@ -1,0 +1,35 @@
+"""Writing files so that a crash, a kill or a full disk never leaves a half-written one under the final name.
+
+Every artifact a later run (or a cache) trusts is written to a hidden sibling and renamed into place only
+once complete; ``os.replace`` is atomic on one filesystem, so readers see the old file or the new one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+__all__ = ["atomic_path", "write_text_atomic"]
+
+
+@contextmanager
+def atomic_path(final: str | Path) -> Iterator[Path]:
+    """Yield a temporary path beside ``final`` (same suffix, so writers that pick the format by suffix
+    still work); on success it replaces ``final``, on any failure it is removed."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = final.with_name(f".{final.stem}.tmp-{os.getpid()}{final.suffix}")
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text, encoding="utf-8")
+    return Path(path)
