@@ -111,7 +111,20 @@ def load_pretrained(model_cfg, path: str | Path, *, patch: str | Path | None = N
         from steermoe.finetune.patch import apply_patch
 
         model = apply_patch(model, patch, fingerprint=model_fingerprint(path))
-    return Loaded(model, _tokenizer(model_cfg, path) if tokenizer else None)
+    tok = _tokenizer(model_cfg, path) if tokenizer else None
+    if model is not None and tok is not None:
+        _check_vocabulary(model, tok, path)
+    return Loaded(model, tok)
+
+
+def _check_vocabulary(model, tokenizer, path) -> None:
+    """A tokenizer with ids past the embedding table belongs to another model (and would crash mid-batch)."""
+    rows = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise InputError(
+            f"{path}: the tokenizer's vocabulary ({len(tokenizer)} tokens) is larger than the model's embedding table "
+            f"({rows} rows); the tokenizer belongs to another model: put the model's own tokenizer files in the folder"
+        )
 
 
 def load_hf_config(model_cfg, path: str | Path):
@@ -142,8 +155,12 @@ def _weights(model_cfg, path: str | Path):
         options["attn_implementation"] = model_cfg.attn_implementation
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **options)
-    except (OSError, ValueError) as e:
-        reason = str(e).splitlines()[0]
+    except Exception as e:  # noqa: BLE001 - a corrupt folder fails inside transformers/safetensors in many ways
+        if not isinstance(e, (OSError, ValueError)) and type(e).__name__ != "SafetensorError":
+            raise
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if type(e).__name__ == "SafetensorError":
+            reason = f"a weights file is truncated or corrupt: {reason}; copy the model folder again"
         fix = "; set model.trust_remote_code=true if you trust the folder's code" if "custom code" in reason else ""
         raise InputError(f"{path}: cannot load model ({reason}){fix}") from None
     model.to(resolve_device(model_cfg.device))

@@ -121,7 +121,15 @@ def apply_patch(model, patch_path: str | Path, fingerprint: str | None = None):
         )
     if model.config.model_type != manifest["arch"]:
         raise InputError(f"{patch_path}: patch is for {manifest['arch']}, model is {model.config.model_type}")
-    tensors = load_file(str(Path(patch_path) / WEIGHTS))
+    try:
+        tensors = load_file(str(Path(patch_path) / WEIGHTS))
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own error type for a bad file
+        if type(e).__name__ != "SafetensorError" and not isinstance(e, OSError):
+            raise
+        raise InputError(f"{Path(patch_path) / WEIGHTS}: truncated or corrupt patch file ({e}); re-run the fine-tuning stage that wrote it") from None
+    missing = [t["name"] for t in manifest["tensors"] if t["name"] not in tensors]
+    if missing:
+        raise InputError(f"{Path(patch_path) / WEIGHTS}: lacks tensors {missing[:3]} its manifest lists; re-run the fine-tuning stage that wrote it")
     with torch.no_grad():
         for entry in manifest["tensors"]:
             param = model.get_parameter(entry["name"])
