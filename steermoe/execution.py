@@ -83,6 +83,8 @@ def ray_cluster(execution_cfg) -> Iterator[Any]:
         if not address:
             need = execution_cfg.num_workers * execution_cfg.cpus_per_worker
             options["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
+        if address:
+            _check_reachable(address)
         try:
             ray.init(address=address or None, **options)
         except ConnectionError as e:
@@ -94,6 +96,24 @@ def ray_cluster(execution_cfg) -> Iterator[Any]:
     finally:
         if started:
             ray.shutdown()
+
+
+def _check_reachable(address: str) -> None:
+    """Refuse an address nothing listens on at once (Ray itself retries such an address for minutes)."""
+    import socket
+
+    hostport = address.removeprefix("ray://")
+    if address == "auto" or ":" not in hostport:
+        return  # 'auto' finds the cluster this node joined; Ray says so quickly when there is none
+    host, _, port = hostport.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=5):
+            pass
+    except (OSError, ValueError) as e:
+        raise ConfigError(
+            f"execution.ray_address: nothing answers at {address!r} ({e.strerror or e}); start the head with "
+            "`ray start --head --port=6379`, or leave ray_address empty to start a local Ray for the run"
+        ) from None
 
 
 def _check_resources(ray, cfg) -> None:

@@ -1,6 +1,7 @@
 """Routing collection on a local Ray cluster (2 CPUs, 2 workers, the tiny demo model): the store it
-writes equals the single-process store record for record, a killed worker is retried without
-changing a record, and a shard that runs out of retries fails with one line and resumes."""
+writes equals the single-process store record for record (from the CLI, on a Ray it starts itself),
+a killed worker is retried without changing a record, and a shard that runs out of retries fails
+with one line and resumes with only the missing shards."""
 
 from __future__ import annotations
 
@@ -70,12 +71,6 @@ def worker_pids() -> set[int]:
     return {p.pid for p in psutil.Process().children(recursive=True) if " ".join(p.cmdline()).startswith("ray::_Worker")}
 
 
-def test_ray_store_equals_the_single_process_store(tiny_demo_model, prompts, single_process, tmp_path):
-    store = collect_with_backend(config(tiny_demo_model), tiny_demo_model, prompts, tmp_path / "store", progress=False)
-    assert_same_store(store, single_process)
-    assert store.manifest["summary"]["executor"] == "ray" and store.manifest["summary"]["workers"] == 2
-
-
 def test_a_worker_killed_mid_run_is_retried_and_the_store_is_unchanged(tiny_demo_model, prompts, single_process, tmp_path):
     from steermoe.routing.distributed import collect_routing_on_ray
 
@@ -125,3 +120,30 @@ def test_vllm_backend_on_ray_is_refused_with_the_key(tiny_demo_model, prompts, t
     cfg.routing.backend = "vllm"
     with pytest.raises(ConfigError, match="execution.executor"):
         collect_with_backend(cfg, tiny_demo_model, prompts, tmp_path / "store", progress=False)
+
+
+def test_cli_collect_starts_its_own_ray_and_writes_the_same_store(tiny_demo_model, tmp_path):
+    """`steermoe collect --set execution.executor=ray` with no ray_address: a local Ray started for the
+    run (and stopped after it) in a fresh process, as a user runs it."""
+    import json
+    import subprocess
+    import sys
+
+    from steermoe.cli.routing import load_routing_prompts
+    from steermoe.config import load_config
+    from tests.conftest import make_prompts
+
+    source = tmp_path / "prompts.jsonl"
+    source.write_text("".join(json.dumps(r) + "\n" for r in make_prompts(n_safe=5, n_unsafe=5)), encoding="utf-8")
+    sets = [f"model.source={tiny_demo_model}", "model.device=cpu", f"prompts.sources=[{{path: {source}}}]", "generation.max_new_tokens=8",
+            "generation.batch_size=4", f"routing.shard_sequences={PER_SHARD}", "execution.executor=ray", "execution.num_workers=2"]
+    argv = [sys.executable, "-m", "steermoe", "collect", "--out", str(tmp_path / "ray")] + [a for s in sets for a in ("--set", s)]
+    done = subprocess.run(argv, capture_output=True, text=True, timeout=600, env={**os.environ, "RAY_ADDRESS": ""})
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    cfg = load_config(None, sets + ["execution.executor=local"])
+    want = collect_with_backend(cfg, tiny_demo_model, load_routing_prompts(cfg), tmp_path / "local", progress=False)
+    got = RoutingStore(tmp_path / "ray")
+    got.verify()
+    assert got.complete and records(got) == records(want) and got.manifest["shards"] == want.manifest["shards"]
+    assert got.manifest["summary"]["executor"] == "ray" and got.manifest["summary"]["workers"] == 2
