@@ -123,8 +123,8 @@ def _check_resources(ray, cfg) -> None:
         if per_worker > total.get(resource, 0):
             key = f"execution.{resource.lower()}s_per_worker"
             raise ConfigError(
-                f"{key}: {per_worker:g} asked for, but no node of the Ray cluster has that many ({total.get(resource, 0):g} {resource}s in total); "
-                f"lower {key} or add nodes"
+                f"{key}: {per_worker:g} asked for, but the Ray cluster has {total.get(resource, 0):g} {resource}s in all; "
+                f"lower {key} or add nodes with {resource}s"
             )
     need = cfg.num_workers * cfg.gpus_per_worker
     if need > total.get("GPU", 0):

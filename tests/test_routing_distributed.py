@@ -147,3 +147,9 @@ def test_cli_collect_starts_its_own_ray_and_writes_the_same_store(tiny_demo_mode
     got.verify()
     assert got.complete and records(got) == records(want) and got.manifest["shards"] == want.manifest["shards"]
     assert got.manifest["summary"]["executor"] == "ray" and got.manifest["summary"]["workers"] == 2
+
+
+def test_workers_the_cluster_cannot_place_fail_at_once_with_the_key(tiny_demo_model, prompts, tmp_path):
+    with pytest.raises(ConfigError, match=r"execution.gpus_per_worker: 1 asked for, but the Ray cluster has 0 GPUs in all"):
+        collect_with_backend(config(tiny_demo_model, gpus_per_worker=1), tiny_demo_model, prompts, tmp_path / "store", progress=False)
+    assert not (tmp_path / "store").exists()  # nothing half-written
