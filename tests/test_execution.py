@@ -42,3 +42,15 @@ def test_auto_without_a_cluster_says_how_to_start_one(monkeypatch):
 def test_shards_are_described_by_their_prompt_ids():
     assert describe_ids(["a", "b"]) == "a, b"
     assert describe_ids([f"p{i}" for i in range(10)]) == "p0, p1, p2, p3, p4, p5, ... (10 prompts)"
+
+
+def test_the_executor_is_in_no_cache_key():
+    """Ray or local, the records are the same: switching executors reuses every cached stage."""
+    from steermoe.config import RunConfig
+    from steermoe.stage_specs import STAGE_SPECS
+
+    local = RunConfig()
+    ray = RunConfig.model_validate({"execution": {"executor": "ray", "num_workers": 8, "gpus_per_worker": 1, "ray_address": "auto"}})
+    for name, spec in STAGE_SPECS.items():
+        assert not any(key.split(".")[0] == "execution" for key in spec.reads), name
+        assert spec.config_values(ray) == spec.config_values(local), name
