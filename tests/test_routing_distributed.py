@@ -68,7 +68,14 @@ def worker_pids() -> set[int]:
     """This test process's own Ray workers (never another test run's on the same machine)."""
     import psutil
 
-    return {p.pid for p in psutil.Process().children(recursive=True) if " ".join(p.cmdline()).startswith("ray::_Worker")}
+    pids = set()
+    for p in psutil.Process().children(recursive=True):
+        try:
+            if p.status() != psutil.STATUS_ZOMBIE and " ".join(p.cmdline()).startswith("ray::_Worker"):
+                pids.add(p.pid)
+        except psutil.Error:  # exited (or was killed) meanwhile
+            continue
+    return pids
 
 
 def test_a_worker_killed_mid_run_is_retried_and_the_store_is_unchanged(tiny_demo_model, prompts, single_process, tmp_path):
@@ -94,8 +101,12 @@ def test_a_shard_out_of_retries_fails_with_one_line_and_the_run_resumes(tiny_dem
     out = tmp_path / "store"
     from steermoe.routing.distributed import collect_routing_on_ray
 
+    killed: list[int] = []
+
     def kill_a_worker(shard: int) -> None:
-        os.kill(min(worker_pids()), signal.SIGKILL)
+        if not killed:
+            killed.append(min(worker_pids()))
+            os.kill(killed[0], signal.SIGKILL)
 
     settings = {"max_new_tokens": 8, "batch_size": 4, "shard_sequences": PER_SHARD, "chat_template_kwargs": {"enable_thinking": False}}
     with pytest.raises(WorkerFailed) as failed:
