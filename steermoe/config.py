@@ -221,7 +221,13 @@ class TrackingConfig(Section):
     promotion_margin: float = Field(0.05, ge=0, le=1, description="Refusal rate a challenger must gain over the champion.")
     over_refusal_tolerance: float = Field(0.05, ge=0, le=1, description="Extra over-refusal a challenger may have.")
     utility_tolerance: float = Field(0.1, ge=0, description="Extra loss on benign answers a challenger may have.")
-    log_base_weights: bool = Field(False, description="Also copy the base model's weights into each registered version (self-contained, but large for real models).")
+    promotion_bootstrap_samples: int = Field(2000, ge=1, description="Paired bootstrap resamples of the challenger-minus-champion differences.")
+    promotion_confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of those paired intervals (the refusal gain's lower bound must be > 0).")
+    base_reference: Literal["auto", "hub", "mlflow", "path"] = Field(
+        "auto",
+        description="How a version finds its base model elsewhere: 'hub' (repo id + revision of a hub-cache snapshot), 'mlflow' (weights logged "
+        "once per base fingerprint, reused by every version), 'path' (this machine's folder only), 'auto' (hub if it came from the hub, else mlflow).",
+    )
 
 
 class ExecutionConfig(Section):

@@ -116,7 +116,7 @@ _SPECS = (
         "comparison table (CSV, Markdown, PNG), every response, metrics per model", cli=("steermoe evaluate", "steermoe compare"),
     ),
     StageSpec(
-        "register", "register", stages.register_stage, ("tracking.registered_model", "tracking.log_base_weights"),
+        "register", "register", stages.register_stage, ("tracking.registered_model", "tracking.base_reference"),
         ("run", "model", "prompts", "selection", "finetune", "evaluation"),
         "registered model version (alias `challenger`)", cli=("steermoe run",),
         # The tracking server may be restarting; registration is all-or-nothing, so retrying is safe.

@@ -359,6 +359,7 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     comparison = out / "comparison.csv"
     result.table.to_csv(comparison, index=False)
     metrics = {name: {k: float(v.value) for k, v in r.metrics.items() if v is not None and math.isfinite(v.value)} for name, r in result.results.items()}
+    intervals = {name: {k: [float(v.ci_low), float(v.ci_high)] for k, v in r.metrics.items() if v is not None} for name, r in result.results.items()}
     return {
         "comparison_path": str(comparison),
         "comparison_md_path": str(result.paths["markdown"]),
@@ -367,6 +368,8 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
         "benchmarks": sorted(result.benchmarks),
         "outputs_path": str(out / "responses" / f"{CANDIDATE}.jsonl"),
         "metrics": metrics,
+        "intervals": intervals,
+        "eval_set": _eval_set(cfg, prompts),
         "candidate": CANDIDATE,
         "generation": generation,
         "n_prompts": len(prompts),
@@ -384,6 +387,14 @@ def _model_opener(execution_cfg):
     return ray_model_opener(execution_cfg)
 
 
+def _eval_set(cfg, prompts) -> dict:
+    """What the evaluation was measured on: the prompts' fingerprint and the settings that shape answers."""
+    from steermoe.promotion import evaluation_settings
+    from steermoe.prompts import fingerprint
+
+    return {"fingerprint": fingerprint(prompts), "settings": evaluation_settings(cfg.evaluation, cfg.generation)}
+
+
 def register_stage(tracking_cfg, run: dict, model: dict, prompts: dict, selection: dict, finetune: dict, evaluation: dict) -> dict:
     """Register the fine-tuned expert patch as a new model version (alias ``challenger``)."""
     from steermoe.tracking import register_candidate
@@ -394,49 +405,12 @@ def register_stage(tracking_cfg, run: dict, model: dict, prompts: dict, selectio
 # ---------------------------------------------------------------- promotion and retraining
 
 
-def _model_metrics(flat: dict[str, float], model: str) -> dict[str, float]:
-    prefix = f"{model}."
-    return {k[len(prefix) :]: v for k, v in flat.items() if k.startswith(prefix)}
+def promote_stage(cfg, candidate: str = "challenger") -> dict:
+    """Head-to-head promotion of ``candidate`` (a version number or alias) against the champion on the
+    current evaluation set; see :func:`steermoe.promotion.promote`."""
+    from steermoe.promotion import promote
 
-
-def promote_stage(tracking_cfg, cache_dir: str | Path, candidate: str = "challenger") -> dict:
-    """Move ``champion`` to ``candidate`` (a version number or alias) if :func:`steermoe.promotion.decide`
-    says so; the decision and its numbers are recorded on the version and in a ``promote`` run either way.
-    The reference is the current champion, or the candidate's own base model when there is none."""
-    from steermoe import tracking
-    from steermoe.errors import InputError
-    from steermoe.promotion import Decision, decide
-
-    uri = tracking.resolve_tracking_uri(tracking_cfg, cache_dir)
-    name = tracking_cfg.registered_model
-    cand = tracking.get_version(uri, name, candidate)
-    if cand is None:
-        raise InputError(f"promote: registered model {name!r} has no version or alias {candidate!r} in {uri}; run the pipeline first")
-    champ = tracking.get_version(uri, name, tracking.CHAMPION)
-    if champ is not None and champ["version"] == cand["version"]:
-        decision = Decision(False, [f"version {cand['version']} is already the champion"], "champion")
-    else:
-        reference, ref_name = (champ["metrics"], "champion") if champ is not None else (cand["metrics"], "base")
-        decision = decide(
-            _model_metrics(cand["metrics"], CANDIDATE),
-            _model_metrics(reference, CANDIDATE if champ is not None else "base"),
-            promotion_margin=tracking_cfg.promotion_margin,
-            over_refusal_tolerance=tracking_cfg.over_refusal_tolerance,
-            utility_tolerance=tracking_cfg.utility_tolerance,
-            reference_name=ref_name,
-        )
-    if decision.promote:
-        tracking.set_alias(uri, name, tracking.CHAMPION, cand["version"])
-    run_id = tracking.record_promotion(uri, tracking_cfg.experiment, name, cand["version"], decision.to_dict())
-    return {
-        "name": name,
-        "version": cand["version"],
-        "promoted": decision.promote,
-        "previous_champion": champ["version"] if champ else None,
-        "decision": decision.to_dict(),
-        "run_id": run_id,
-        "tracking_uri": uri,
-    }
+    return promote(cfg, candidate)
 
 
 def retrain_check_stage(prompts_cfg, tracking_cfg, cache_dir: str | Path) -> dict:

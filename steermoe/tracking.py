@@ -32,16 +32,28 @@ from steermoe.errors import InputError
 __all__ = [
     "CHALLENGER",
     "CHAMPION",
+    "BASE_KINDS",
     "resolve_tracking_uri",
     "flatten",
     "start_pipeline_run",
     "log_stage",
     "finish_pipeline_run",
+    "hub_origin",
+    "base_reference",
+    "resolve_base",
+    "serve_patched_model",
     "register_candidate",
+    "log_model_metrics",
+    "evaluation_tags",
     "version_exists",
     "get_version",
     "set_alias",
+    "read_cached_evaluation",
+    "record_evaluation",
+    "start_promotion_run",
     "record_promotion",
+    "fail_promotion_run",
+    "download_version",
     "load_registered",
 ]
 
@@ -49,6 +61,7 @@ CHALLENGER, CHAMPION = "challenger", "champion"
 # Record keys whose files are logged as artifacts of a stage's run (folders and patches are not).
 _ARTIFACT_KEYS = ("report_path", "table_path", "csv_path", "heatmap_path", "chart_path", "selection_path", "history_path", "comparison_path", "outputs_path")
 _PARAM_MAX = 6000
+_PATH_KEYS = ("store_path", "prompts_path", "patch_path", "model_path")
 
 
 def _client(uri: str):
@@ -173,6 +186,9 @@ def log_stage(run: Mapping[str, str], stage: str, record: Mapping[str, Any], *, 
         tags[f"{stage}.fingerprint"] = record["fingerprint"]
     if "experts" in record:
         tags["experts"] = json.dumps(record["experts"])
+    for key in _PATH_KEYS:  # folders are not copied; their place is kept so lineage can point at them
+        if record.get(key):
+            tags[f"path.{key}"] = str(record[key])
     _log(client, run_id, params=flatten(params or {}), metrics=_numbers(record), tags=tags)
     for key in _ARTIFACT_KEYS:
         path = record.get(key)
@@ -199,28 +215,149 @@ def finish_pipeline_run(run: Mapping[str, str], status: str = "FINISHED", metric
     client.set_terminated(run["run_id"], status)
 
 
-# ---------------------------------------------------------------- registry
+# ---------------------------------------------------------------- base model references
+
+BASE_KINDS = ("auto", "hub", "mlflow", "path")
+_BASE_RUN_KIND = "base-weights"
+
+
+def hub_origin(path: str | Path) -> tuple[str, str] | None:
+    """``(repo_id, revision)`` when ``path`` is a snapshot folder of a Hugging Face hub cache
+    (``.../models--org--name/snapshots/<commit>``), else None."""
+    parts = Path(path).resolve().parts
+    if len(parts) >= 3 and parts[-2] == "snapshots" and parts[-3].startswith("models--"):
+        return parts[-3][len("models--") :].replace("--", "/"), parts[-1]
+    return None
+
+
+def _base_weights_run(client, experiment_id: str, model_path: str, fingerprint: str) -> str:
+    """The run holding the base weights of ``fingerprint`` (logged once, reused by every version)."""
+    found = client.search_runs(
+        [experiment_id],
+        filter_string=f"tags.`steermoe.kind` = '{_BASE_RUN_KIND}' and tags.`steermoe.base_fingerprint` = '{fingerprint}' and attributes.status = 'FINISHED'",
+        order_by=["attributes.start_time ASC"],
+        max_results=1,
+    )
+    if found:
+        return found[0].info.run_id
+    run = client.create_run(experiment_id, run_name=f"base-{fingerprint}", tags={"steermoe.kind": _BASE_RUN_KIND, "steermoe.base_fingerprint": fingerprint})
+    try:
+        client.log_artifacts(run.info.run_id, model_path, "base")
+    except BaseException:
+        client.delete_run(run.info.run_id)
+        raise
+    client.set_terminated(run.info.run_id, "FINISHED")
+    return run.info.run_id
+
+
+def base_reference(kind: str, model: Mapping[str, Any], *, uri: str, experiment_id: str) -> dict:
+    """How a registered version finds its base model on another machine.
+
+    ``hub``: repo id + revision (the base is a hub-cache snapshot); ``mlflow``: a ``runs:/`` URI of the
+    base weights, logged once per base fingerprint; ``path``: the local folder (only when asked for);
+    ``auto``: hub when the base came from the hub, else mlflow.
+    """
+    if kind not in BASE_KINDS:
+        raise InputError(f"tracking.base_reference: {kind!r} is not one of {', '.join(BASE_KINDS)}")
+    path, fingerprint = str(model["model_path"]), model["fingerprint"]
+    if kind in ("auto", "hub"):
+        origin = hub_origin(path)
+        if origin is not None:
+            return {"kind": "hub", "repo_id": origin[0], "revision": origin[1], "fingerprint": fingerprint}
+        if kind == "hub":
+            raise InputError(
+                f"tracking.base_reference=hub: base model {path} is not a Hugging Face hub snapshot (.../models--org--name/snapshots/<commit>); "
+                "load it from the hub cache, or use 'mlflow' (weights logged once) or 'path'"
+            )
+    if kind == "path":
+        return {"kind": "path", "path": path, "fingerprint": fingerprint}
+    run_id = _base_weights_run(_client(uri), experiment_id, path, fingerprint)
+    return {"kind": "mlflow", "uri": f"runs:/{run_id}/base", "fingerprint": fingerprint}
+
+
+def _describe(ref: Mapping[str, Any]) -> str:
+    return {"hub": lambda: f"{ref.get('repo_id')}@{ref.get('revision')}", "mlflow": lambda: str(ref.get("uri")), "path": lambda: str(ref.get("path"))}[ref["kind"]]()
+
+
+def _fetch_hub(ref: Mapping[str, Any]) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(ref["repo_id"], revision=ref["revision"]))
+    except Exception as e:  # noqa: BLE001 - the hub client raises many kinds; all mean "not reachable here"
+        raise InputError(
+            f"base model {_describe(ref)} is not available here ({str(e).splitlines()[0][:200]}); "
+            "download it into the Hugging Face cache (HF_HOME) or allow hub access"
+        ) from None
+
+
+def _fetch_mlflow(ref: Mapping[str, Any], tracking_uri: str | None) -> Path:
+    """Download the logged base weights once into the cache dir (keyed by fingerprint)."""
+    import mlflow.artifacts
+
+    from steermoe.config import default_cache_dir
+
+    local = default_cache_dir() / "base-models" / ref["fingerprint"]
+    if (local / "config.json").exists():
+        return local
+    local.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=local.parent, prefix=".download-"))
+    try:
+        got = mlflow.artifacts.download_artifacts(artifact_uri=ref["uri"], dst_path=str(tmp), tracking_uri=tracking_uri)
+        os.replace(got, local)
+    except Exception as e:  # noqa: BLE001 - store, network and permission errors all mean "cannot fetch"
+        if not (local / "config.json").exists():  # another process may have won the race
+            raise InputError(f"base model {ref['uri']} cannot be downloaded from {tracking_uri} ({str(e).splitlines()[0][:200]}); check the tracking URI") from None
+    finally:
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return local
+
+
+def resolve_base(ref: Mapping[str, Any], tracking_uri: str | None = None) -> Path:
+    """The local folder of a version's base model, after checking it is the one the version was made on."""
+    from steermoe.modeling import model_fingerprint
+
+    if ref.get("kind") == "hub":
+        path = _fetch_hub(ref)
+    elif ref.get("kind") == "mlflow":
+        path = _fetch_mlflow(ref, tracking_uri)
+    elif ref.get("kind") == "path":
+        path = Path(ref["path"])
+        if not (path / "config.json").exists():
+            raise InputError(f"base model {path} not found on this machine; restore the folder, or register with tracking.base_reference=mlflow or hub")
+    else:
+        raise InputError(f"registered model: unknown base reference {dict(ref)}; register the version again")
+    found = model_fingerprint(path)
+    if found != ref["fingerprint"]:
+        raise InputError(
+            f"base model {_describe(ref)} ({path}) has fingerprint {found}, but the version was registered on {ref['fingerprint']}; "
+            "restore those base weights or register a new version on this base"
+        )
+    return path
+
+
+# ---------------------------------------------------------------- the registered model (MLflow model from code)
+
+MODEL_CODE = Path(__file__).resolve().parent / "registered_model.py"
 
 
 def _patched_model():
     """The pyfunc model class: base model (by reference) + expert patch. Built here so MLflow stays lazy."""
+    import mlflow
     import mlflow.pyfunc
 
     class SteerMoEPatchedModel(mlflow.pyfunc.PythonModel):
-        """Loads the base model named in ``base.json`` (checking its fingerprint) and applies the patch."""
+        """Resolves the base model named in ``base.json`` (checking its fingerprint) and applies the patch."""
 
         def load_context(self, context):
             from steermoe.finetune import load_patched_model
-            from steermoe.modeling import load_tokenizer, model_fingerprint
+            from steermoe.modeling import load_tokenizer
 
             base = json.loads(Path(context.artifacts["base"]).read_text(encoding="utf-8"))
-            path = Path(context.artifacts["base_weights"]) if "base_weights" in context.artifacts else Path(base["path"])
-            if not path.exists():
-                raise InputError(f"base model {path} not found; register with tracking.log_base_weights=true or restore the folder")
-            if model_fingerprint(path) != base["fingerprint"]:
-                raise InputError(f"base model {path} changed since registration (fingerprint != {base['fingerprint']})")
-            self.model = load_patched_model(path, context.artifacts["patch"])
-            self.model.eval()
+            path = resolve_base(base, mlflow.get_tracking_uri())
+            self.model = load_patched_model(path, context.artifacts["patch"], device=os.environ.get("STEERMOE_DEVICE", "auto"))
             self.tokenizer = load_tokenizer(path)
             self.generation = dict(context.model_config or {})
 
@@ -231,7 +368,10 @@ def _patched_model():
             from steermoe.prompts import to_messages
 
             settings = {**self.generation, **(params or {})}
-            rows = model_input.to_dict("records") if isinstance(model_input, pd.DataFrame) else [{"prompt": p} for p in model_input]
+            if isinstance(model_input, pd.DataFrame):
+                rows = model_input.to_dict("records")
+            else:
+                rows = [{"prompt": p} if isinstance(p, str) else dict(p) for p in model_input]
             out = generate(
                 self.model,
                 self.tokenizer,
@@ -246,9 +386,24 @@ def _patched_model():
     return SteerMoEPatchedModel
 
 
+def serve_patched_model() -> None:
+    """Called by ``registered_model.py`` (the model-from-code file) when MLflow loads a version."""
+    import mlflow.models
+
+    mlflow.models.set_model(_patched_model()())
+
+
+def _signature(generation: Mapping[str, Any]):
+    from mlflow.models import ModelSignature
+    from mlflow.types import ColSpec, ParamSchema, ParamSpec, Schema
+
+    params = [ParamSpec(k, "long", int(generation.get(k, d))) for k, d in (("max_new_tokens", 32), ("batch_size", 16))]
+    return ModelSignature(inputs=Schema([ColSpec("string", "prompt")]), outputs=Schema([ColSpec("string", "response")]), params=ParamSchema(params))
+
+
 def _pip_requirements() -> list[str]:
     reqs = []
-    for dist in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pydantic", "pyyaml"):
+    for dist in ("mlflow", "torch", "transformers", "tokenizers", "safetensors", "pandas", "numpy", "pydantic", "pyyaml", "huggingface_hub"):
         try:
             reqs.append(f"{dist}=={metadata.version(dist).split('+')[0]}")
         except metadata.PackageNotFoundError:
@@ -256,62 +411,199 @@ def _pip_requirements() -> list[str]:
     return reqs
 
 
-def register_candidate(tracking_cfg, *, run, model, prompts, selection, finetune, evaluation) -> dict:
-    """Log the patch as a pyfunc model in a ``register`` run under the pipeline run, register it as a new
-    version of ``tracking_cfg.registered_model`` with tags, and point ``challenger`` at it.
+# ---------------------------------------------------------------- registration
 
-    All or nothing: if any step fails, the version (and the run) are removed before re-raising.
-    """
+
+def _stage_runs(client, run: Mapping[str, str]) -> dict[str, Any]:
+    """The nested stage runs of a pipeline run, by stage name (the newest when a stage ran twice)."""
+    children = client.search_runs([run["experiment_id"]], filter_string=f"tags.mlflow.parentRunId = '{run['run_id']}'", order_by=["attributes.start_time ASC"])
+    return {c.data.tags["steermoe.stage"]: c for c in children if "steermoe.stage" in c.data.tags}
+
+
+def _lineage(client, run: Mapping[str, str], model: Mapping, prompts: Mapping, selection: Mapping) -> dict[str, str]:
+    """Version tags that lead a reviewer from the model to what produced it."""
+    stages = _stage_runs(client, run)
+    tags = {
+        "lineage.pipeline_run_id": run["run_id"],
+        "prompts.fingerprint": prompts["fingerprint"],
+        "prompts.counts": json.dumps(prompts.get("counts", {})),
+        "model.fingerprint": model["fingerprint"],
+        "selection.strategy": selection.get("strategy", ""),
+        "selection.experts": json.dumps(selection.get("experts", [])),
+    }
+    for stage, artifact in (("validate_prompts", "validation_report.json"), ("risk_difference", "risk_table.parquet"), ("select_experts", "selection.json"), ("collect_routing", None)):
+        if stage in stages:
+            run_id = stages[stage].info.run_id
+            tags[f"lineage.{stage}_run_id"] = run_id
+            if artifact:
+                tags[f"lineage.{stage}"] = f"runs:/{run_id}/{artifact}"
+    routing = stages.get("collect_routing")
+    if routing is not None and "path.store_path" in routing.data.tags:
+        tags["lineage.routing_store"] = routing.data.tags["path.store_path"]
+    return tags
+
+
+def _model_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
+    """The candidate's metrics unprefixed, every compared model's prefixed, each with its interval bounds."""
+    from steermoe.stages import CANDIDATE
+
+    out: dict[str, float] = {}
+    intervals = evaluation.get("intervals", {})
+    for model, metrics in evaluation.get("metrics", {}).items():
+        prefix = "" if model == evaluation.get("candidate", CANDIDATE) else f"{model}."
+        for name, value in _numbers(metrics).items():
+            out[f"{prefix}{name}"] = value
+            low, high = (intervals.get(model, {}).get(name) or (None, None))
+            for suffix, bound in (("ci_low", low), ("ci_high", high)):
+                if bound is not None and math.isfinite(bound):
+                    out[f"{prefix}{name}.{suffix}"] = float(bound)
+    return out
+
+
+def log_model_metrics(uri: str, run_id: str, model_id: str, metrics: Mapping[str, float], *, dataset: tuple[str, str] | None = None) -> None:
+    """Metrics on the run *and* on the logged model (MLflow 3: they show on the model and version pages),
+    linked to the evaluation set (``dataset = (name, digest)``) when given."""
+    import time
+
+    from mlflow.entities import Metric
+
+    now = int(time.time() * 1000)
+    name, digest = dataset or (None, None)
+    batch = [Metric(k, float(v), now, 0, model_id=model_id, dataset_name=name, dataset_digest=digest) for k, v in metrics.items()]
+    for i in range(0, len(batch), 500):
+        _client(uri).log_batch(run_id, metrics=batch[i : i + 500])
+
+
+def _log_eval_set(uri: str, run_id: str, model_id: str, frame, eval_fp: str) -> tuple[str, str]:
+    """The evaluation set as an MLflow dataset input of the run, linked to the model; returns (name, digest)."""
+    import mlflow.data
+    from mlflow.entities import DatasetInput, InputTag, LoggedModelInput
+
+    columns = [c for c in ("id", "label", "category", "prompt") if c in frame.columns]
+    dataset = mlflow.data.from_pandas(frame[columns], name=f"eval-{eval_fp}", digest=eval_fp)
+    entity = DatasetInput(dataset._to_mlflow_entity(), [InputTag("mlflow.data.context", "evaluation")])
+    _client(uri).log_inputs(run_id, datasets=[entity], models=[LoggedModelInput(model_id)])
+    return dataset.name, dataset.digest
+
+
+def _log_evaluation_frames(client, run_id: str, key: str, frames: Mapping[str, Any]) -> dict[str, str]:
+    """Per-prompt results (the promotion cache) as run artifacts; returns ``{role: runs:/ URI}``."""
+    uris = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for role, frame in frames.items():
+            path = Path(tmp) / f"{role}.jsonl"
+            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            client.log_artifact(run_id, str(path), f"evaluations/{key}")
+            uris[role] = f"runs:/{run_id}/evaluations/{key}/{role}.jsonl"
+    return uris
+
+
+def evaluation_tags(key: str, uris: Mapping[str, str], eval_fp: str) -> dict[str, str]:
+    """Version tags pointing at cached per-prompt results of ``key`` (``model``: this version, ``base``: its base)."""
+    tags = {f"evaluation.{key}" + ("" if role == "model" else f".{role}"): uri for role, uri in uris.items()}
+    return {**tags, "eval_set.fingerprint": eval_fp, "evaluation.key": key}
+
+
+def _candidate_frames(evaluation: Mapping[str, Any]):
+    import pandas as pd
+
+    outputs = Path(evaluation["outputs_path"])
+    frames = {"model": pd.read_json(outputs, lines=True, dtype={"id": str})}
+    if (outputs.parent / "base.jsonl").exists():
+        frames["base"] = pd.read_json(outputs.parent / "base.jsonl", lines=True, dtype={"id": str})
+    return frames
+
+
+def _check_inputs(finetune: Mapping, selection: Mapping, evaluation: Mapping) -> None:
+    for key, path in (("patch", finetune.get("patch_path")), ("selection", selection.get("selection_path")), ("evaluated answers", evaluation.get("outputs_path"))):
+        if not path or not Path(path).exists():
+            raise InputError(f"register: {key} {path} does not exist; re-run the stage that writes it")
+
+
+def _log_patched_model(run_id: str, base_ref: Mapping, model: Mapping, finetune: Mapping, selection: Mapping, evaluation: Mapping, example):
+    """``log_model`` from code into ``run_id`` (the caller has set the global URI): the patch, the
+    selection and ``base.json`` (the base reference) as artifacts; generation settings as model config."""
     import mlflow
 
-    client = _client(run["uri"])
-    name = tracking_cfg.registered_model
-    metrics = {k: float(v) for k, v in _numbers(evaluation.get("metrics", {})).items()}
+    generation = dict(evaluation.get("generation", {}))
+    with tempfile.TemporaryDirectory() as tmp, mlflow.start_run(run_id=run_id):
+        base_json = Path(tmp) / "base.json"
+        base_json.write_text(json.dumps(dict(base_ref), indent=2), encoding="utf-8")
+        return mlflow.pyfunc.log_model(
+            name="model",
+            python_model=str(MODEL_CODE),
+            artifacts={"patch": finetune["patch_path"], "selection": selection["selection_path"], "base": str(base_json)},
+            pip_requirements=_pip_requirements(),
+            model_config=generation,
+            signature=_signature(generation),
+            input_example=example,
+            tags={"base.kind": base_ref["kind"], "model.fingerprint": model["fingerprint"]},
+        )
+
+
+def _input_example(frame):
+    """One benign evaluation prompt (never an unsafe one) as the model's input example."""
+    import pandas as pd
+
+    safe = frame[frame["label"] == "safe"]
+    return pd.DataFrame({"prompt": (safe if len(safe) else frame)["prompt"].head(1).tolist()})
+
+
+def _describe_model(uri: str, run_id: str, model_id: str, model, selection, evaluation, frames) -> tuple[dict[str, str], dict[str, float]]:
+    """Metrics (with intervals, linked to the evaluation set) on the model and the run, the expert table,
+    and the cached per-prompt results; returns the version's evaluation tags and the metrics."""
+    import pandas as pd
+
+    from steermoe.promotion import evaluation_key
+
+    client = _client(uri)
+    eval_set = evaluation.get("eval_set", {})
+    eval_fp = eval_set.get("fingerprint", "unknown")
+    metrics = _model_metrics(evaluation)
+    log_model_metrics(uri, run_id, model_id, metrics, dataset=_log_eval_set(uri, run_id, model_id, frames["model"], eval_fp))
+    client.log_table(run_id, pd.DataFrame(selection.get("experts", []), columns=["layer", "expert"]), "experts.json")
+    key = evaluation_key(eval_fp, eval_set.get("settings", {}), model["fingerprint"])
+    return evaluation_tags(key, _log_evaluation_frames(client, run_id, key, frames), eval_fp), metrics
+
+
+def register_candidate(tracking_cfg, *, run, model, prompts, selection, finetune, evaluation) -> dict:
+    """Log the patch as an MLflow model from code (``registered_model.py``; signature, input example, base
+    reference) in a ``register`` run under the pipeline run, with its metrics and intervals on the model
+    and the run; register it as a new version of ``tracking_cfg.registered_model`` with fingerprint and
+    lineage tags and the per-prompt results promotion reuses; point ``challenger`` at it.
+
+    All or nothing: if any step fails, the version (and the run) are removed before re-raising (base
+    weights logged on the way stay: they are complete and the next registration reuses them).
+    """
+    _check_inputs(finetune, selection, evaluation)
+    uri, name = run["uri"], tracking_cfg.registered_model
+    client = _client(uri)
     child = client.create_run(run["experiment_id"], run_name="register", tags={"mlflow.parentRunId": run["run_id"], "steermoe.stage": "register"})
     run_id, version = child.info.run_id, None
     # The fluent API (log_model, and resolving the logged model when registering it) needs the global URI.
-    with _global_uri(run["uri"]):
+    with _global_uri(uri):
         try:
-            with tempfile.TemporaryDirectory() as tmp:
-                base_ref = Path(tmp) / "base.json"
-                base_ref.write_text(json.dumps({"path": model["model_path"], "fingerprint": model["fingerprint"]}), encoding="utf-8")
-                artifacts = {"patch": finetune["patch_path"], "selection": selection["selection_path"], "base": str(base_ref)}
-                if getattr(tracking_cfg, "log_base_weights", False):
-                    artifacts["base_weights"] = model["model_path"]
-                for key, path in artifacts.items():
-                    if not Path(path).exists():
-                        raise InputError(f"register: {key} {path} does not exist; re-run the stage that writes it")
-                with mlflow.start_run(run_id=run_id):
-                    info = mlflow.pyfunc.log_model(
-                        name="model",
-                        python_model=_patched_model()(),
-                        artifacts=artifacts,
-                        pip_requirements=_pip_requirements(),
-                        model_config=evaluation.get("generation", {}),
-                    )
-            tags = {
-                "prompts.fingerprint": prompts["fingerprint"],
-                "prompts.counts": json.dumps(prompts.get("counts", {})),
-                "model.fingerprint": model["fingerprint"],
-                "model.path": model["model_path"],
-                "selection.strategy": selection.get("strategy", ""),
-                "selection.experts": json.dumps(selection.get("experts", [])),
-                "metrics": json.dumps(metrics),
-                "pipeline_run_id": run["run_id"],
-            }
-            if name not in {m.name for m in client.search_registered_models(filter_string=f"name = '{name}'")}:
+            base_ref = base_reference(getattr(tracking_cfg, "base_reference", "auto"), model, uri=uri, experiment_id=run["experiment_id"])
+            frames = _candidate_frames(evaluation)
+            info = _log_patched_model(run_id, base_ref, model, finetune, selection, evaluation, _input_example(frames["model"]))
+            eval_tags, metrics = _describe_model(uri, run_id, info.model_id, model, selection, evaluation, frames)
+            tags = {**_lineage(client, run, model, prompts, selection), **eval_tags, "base.kind": base_ref["kind"], "base.reference": _describe(base_ref), "metrics": json.dumps(metrics)[:_PARAM_MAX]}
+            client.set_logged_model_tags(info.model_id, {k: v for k, v in tags.items() if k.startswith(("lineage.", "prompts.", "selection.", "base."))})
+            if not client.search_registered_models(filter_string=f"name = '{name}'"):
                 client.create_registered_model(name)
-            mv = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id)
-            version = mv.version
+            version = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id).version
             client.set_registered_model_alias(name, CHALLENGER, version)
-            _log(client, run_id, metrics=metrics, tags={"registered_version": version})
+            _log(client, run_id, tags={"registered_version": version, "experts": json.dumps(selection.get("experts", []))})
             client.set_terminated(run_id, "FINISHED")
         except BaseException:
             if version is not None:
                 client.delete_model_version(name, version)
             client.delete_run(run_id)
             raise
-    return {"name": name, "version": str(version), "tracking_uri": run["uri"], "model_uri": f"models:/{name}/{version}", "alias_uri": f"models:/{name}@{CHALLENGER}", "run_id": run_id}
+    return {"name": name, "version": str(version), "tracking_uri": uri, "model_uri": f"models:/{name}/{version}", "alias_uri": f"models:/{name}@{CHALLENGER}", "run_id": run_id, "model_id": info.model_id}
+
+
+# ---------------------------------------------------------------- versions, cached evaluations, promotion records
 
 
 def version_exists(uri: str, name: str, version: str) -> bool:
@@ -325,7 +617,7 @@ def version_exists(uri: str, name: str, version: str) -> bool:
 
 
 def get_version(uri: str, name: str, ref: str) -> dict | None:
-    """A version by number or alias -> ``{"version", "tags", "metrics", "aliases"}``; None if absent."""
+    """A version by number or alias -> ``{"version", "tags", "metrics", "aliases", "model_id", "run_id"}``; None if absent."""
     from mlflow.exceptions import MlflowException
 
     client = _client(uri)
@@ -334,27 +626,108 @@ def get_version(uri: str, name: str, ref: str) -> dict | None:
     except MlflowException:
         return None
     tags = dict(mv.tags)
-    return {"name": name, "version": str(mv.version), "tags": tags, "metrics": json.loads(tags.get("metrics", "{}")), "aliases": list(mv.aliases)}
+    return {
+        "name": name,
+        "version": str(mv.version),
+        "tags": tags,
+        "metrics": json.loads(tags.get("metrics", "{}")),
+        "aliases": list(mv.aliases),
+        "model_id": getattr(mv, "model_id", None),
+        "run_id": mv.run_id,
+    }
 
 
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:
     _client(uri).set_registered_model_alias(name, alias, str(version))
 
 
-def record_promotion(uri: str, experiment: str, name: str, version: str, decision: Mapping[str, Any]) -> str:
-    """Keep a promotion decision either way: tags on the version and a ``promote`` run with the numbers."""
+def read_cached_evaluation(uri: str, version: Mapping[str, Any], key: str, role: str = "model"):
+    """The per-prompt results a version recorded for evaluation ``key`` (``role`` ``base``: its base
+    model's), or None when it has none: then the caller evaluates it again."""
+    import mlflow.artifacts
+    import pandas as pd
+
+    tag = f"evaluation.{key}" + ("" if role == "model" else f".{role}")
+    if tag not in version["tags"]:
+        return None
+    with tempfile.TemporaryDirectory() as tmp:
+        path = mlflow.artifacts.download_artifacts(artifact_uri=version["tags"][tag], dst_path=tmp, tracking_uri=uri)
+        return pd.read_json(path, lines=True, dtype={"id": str})
+
+
+def record_evaluation(uri: str, run_id: str, version: Mapping[str, Any], key: str, frames: Mapping[str, Any], metrics: Mapping[str, float], eval_fp: str) -> None:
+    """Keep a fresh evaluation of a version: per-prompt results in ``run_id`` (a ``promote`` run), tags on the
+    version pointing at them, its metrics on the run and on the version's logged model."""
+    client = _client(uri)
+    uris = _log_evaluation_frames(client, run_id, f"{key}/v{version['version']}", frames)
+    for tag, value in evaluation_tags(key, uris, eval_fp).items():
+        client.set_model_version_tag(version["name"], version["version"], tag, value)
+    if version.get("model_id"):
+        dataset = _log_eval_set(uri, run_id, version["model_id"], frames["model"], eval_fp)
+        log_model_metrics(uri, run_id, version["model_id"], metrics, dataset=dataset)
+
+
+def start_promotion_run(uri: str, experiment: str, name: str, tags: Mapping[str, str]) -> str:
+    client = _client(uri)
+    run = client.create_run(_experiment_id(client, experiment, uri), run_name=f"promote-{name}", tags={"steermoe.kind": "promotion", **tags})
+    return run.info.run_id
+
+
+def record_promotion(uri: str, run_id: str, name: str, decision: Mapping[str, Any], *, status: str = "FINISHED") -> None:
+    """Keep a promotion decision either way: tags on both versions, numbers and ``decision.json`` in the
+    ``promote`` run. ``decision`` holds ``promote``, ``reason``, ``reasons``, ``numbers``, ``eval_set``,
+    ``challenger`` and ``champion`` (version numbers; champion None when compared with the base)."""
     client = _client(uri)
     verdict = "promoted" if decision["promote"] else "refused"
-    client.set_model_version_tag(name, str(version), "promotion.decision", verdict)
-    client.set_model_version_tag(name, str(version), "promotion.reasons", "; ".join(decision["reasons"])[:_PARAM_MAX])
-    run = client.create_run(_experiment_id(client, experiment, uri), run_name=f"promote-{name}-v{version}", tags={"steermoe.kind": "promotion"})
-    _log(client, run.info.run_id, metrics=_numbers(decision.get("numbers", {})), tags={"decision": verdict, "candidate": f"{name}/{version}", "reference": decision.get("reference", "")})
+    numbers = json.dumps(decision.get("numbers", {}), sort_keys=True)
+    common = {
+        "promotion.decision": verdict,
+        "promotion.reason": decision["reason"][:_PARAM_MAX],
+        "promotion.eval_set": decision.get("eval_set", ""),
+        "promotion.run_id": run_id,
+        "promotion.numbers": numbers[:_PARAM_MAX],
+    }
+    roles = {"challenger": decision["challenger"], "champion": decision.get("champion")}
+    for role, version in roles.items():
+        if version is None:
+            continue
+        other = roles["champion" if role == "challenger" else "challenger"]
+        tags = {**common, "promotion.role": role, "promotion.against": str(other) if other else decision.get("reference", "base")}
+        for key, value in tags.items():
+            client.set_model_version_tag(name, str(version), key, value)
+    _log(
+        client,
+        run_id,
+        metrics=_numbers(decision.get("numbers", {})),
+        tags={"decision": verdict, "reason": decision["reason"], "eval_set": decision.get("eval_set", ""), "challenger": f"{name}/{roles['challenger']}",
+              "champion": f"{name}/{roles['champion']}" if roles["champion"] else decision.get("reference", "base")},
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "decision.json"
-        path.write_text(json.dumps(dict(decision), indent=2), encoding="utf-8")
-        client.log_artifact(run.info.run_id, str(path))
-    client.set_terminated(run.info.run_id, "FINISHED")
-    return run.info.run_id
+        path.write_text(json.dumps(dict(decision), indent=2, default=str), encoding="utf-8")
+        client.log_artifact(run_id, str(path))
+    client.set_terminated(run_id, status)
+
+
+def fail_promotion_run(uri: str, run_id: str, error: str) -> None:
+    client = _client(uri)
+    _log(client, run_id, tags={"error": error[:500]})
+    client.set_terminated(run_id, "FAILED")
+
+
+def download_version(uri: str, version: Mapping[str, Any], dst: str | Path) -> dict[str, Path]:
+    """A version's patch and base model as local folders (the base resolved and fingerprint-checked)."""
+    import mlflow.artifacts
+
+    source = f"models:/{version['name']}/{version['version']}"
+    with _global_uri(uri):
+        root = Path(mlflow.artifacts.download_artifacts(artifact_uri=source, dst_path=str(dst), tracking_uri=uri))
+    import yaml
+
+    artifacts = yaml.safe_load((root / "MLmodel").read_text(encoding="utf-8"))["flavors"]["python_function"]["artifacts"]
+    local = {k: root / v["path"] for k, v in artifacts.items()}
+    base = json.loads(local["base"].read_text(encoding="utf-8"))
+    return {"patch": local["patch"], "base": resolve_base(base, uri), "root": root}
 
 
 def load_registered(uri: str, model_uri: str):
@@ -363,4 +736,3 @@ def load_registered(uri: str, model_uri: str):
 
     with _global_uri(uri):
         return mlflow.pyfunc.load_model(model_uri)
-

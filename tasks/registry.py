@@ -16,8 +16,8 @@ _RETRY = {"cache_policy": NO_CACHE, "retries": 3, "retry_delay_seconds": 2, "per
 
 @task(name="promote-candidate", **_RETRY)
 def promote_candidate(config: RunConfig, candidate: str) -> dict:
-    """Apply the promotion rule to ``candidate`` and move ``champion`` if it passes."""
-    return stages.promote_stage(config.tracking, config.cache_dir, candidate)
+    """Evaluate ``candidate`` and the champion head to head; move ``champion`` if the challenger wins."""
+    return stages.promote_stage(config, candidate)
 
 
 @task(name="check-prompts", **_RETRY)

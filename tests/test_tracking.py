@@ -8,12 +8,13 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
-from steermoe import tracking
+from steermoe import stages, tracking
 from steermoe.config import TrackingConfig
 from steermoe.errors import InputError
 
@@ -21,22 +22,6 @@ from steermoe.errors import InputError
 def sqlite_uri(tmp_path):
     assert not os.environ.get("MLFLOW_TRACKING_URI"), "tests must not write to a real tracking server"
     return tracking.resolve_tracking_uri(TrackingConfig(), tmp_path / "cache")
-
-
-def candidate_inputs(tmp_path, uri, experiment="exp"):
-    patch = tmp_path / "patch"
-    patch.mkdir()
-    (patch / "experts.safetensors").write_bytes(b"not really weights")
-    (tmp_path / "selection.json").write_text(json.dumps({"experts": [[0, 1]], "scores": [0.2], "strategy": "threshold"}))
-    run = tracking.start_pipeline_run(uri, experiment, "demo", {"a": 1})
-    return dict(
-        run=run,
-        model={"model_path": str(tmp_path / "base"), "fingerprint": "abc"},
-        prompts={"fingerprint": "f00d", "counts": {"safe": 3, "unsafe": 3}},
-        selection={"selection_path": str(tmp_path / "selection.json"), "strategy": "threshold", "experts": [[0, 1]]},
-        finetune={"patch_path": str(patch)},
-        evaluation={"metrics": {"finetuned": {"refusal_rate": 0.9}, "base": {"refusal_rate": 0.1}}, "generation": {"max_new_tokens": 4}},
-    )
 
 
 def test_default_uri_is_sqlite_under_the_cache_dir_and_a_given_uri_wins(tmp_path, monkeypatch):
@@ -72,34 +57,20 @@ def test_a_stage_run_nests_under_the_pipeline_run_with_params_metrics_and_files(
     assert (tmp_path / "cache" / "mlflow" / "artifacts").is_dir()  # artifacts beside the DB, not in ./mlruns
 
 
-def test_registration_sets_tags_and_the_challenger_alias(tmp_path):
-    uri = sqlite_uri(tmp_path)
-    cfg = TrackingConfig(registered_model="m")
-    rec = tracking.register_candidate(cfg, **candidate_inputs(tmp_path, uri))
-    assert rec["version"] == "1" and rec["alias_uri"] == "models:/m@challenger"
-    assert "MLFLOW_TRACKING_URI" not in os.environ  # the fluent API's URI does not leak into later runs
-    by_alias = tracking.get_version(uri, "m", "challenger")
-    assert by_alias == tracking.get_version(uri, "m", "1")
-    assert by_alias["tags"]["prompts.fingerprint"] == "f00d" and by_alias["tags"]["model.fingerprint"] == "abc"
-    assert by_alias["metrics"] == {"finetuned.refusal_rate": 0.9, "base.refusal_rate": 0.1}
-    assert json.loads(by_alias["tags"]["selection.experts"]) == [[0, 1]]
-    assert tracking.version_exists(uri, "m", "1") and not tracking.version_exists(uri, "m", "2")
-    tracking.set_alias(uri, "m", tracking.CHAMPION, "1")
-    tracking.record_promotion(uri, "exp", "m", "1", {"promote": True, "reasons": ["ok: fine"], "reference": "base", "numbers": {"refusal_gain": 0.8}})
-    v = tracking.get_version(uri, "m", "champion")
-    assert v["tags"]["promotion.decision"] == "promoted" and "champion" in v["aliases"]
-
-
 def test_a_failed_registration_leaves_no_version_and_no_run(tmp_path):
     uri = sqlite_uri(tmp_path)
-    inputs = candidate_inputs(tmp_path, uri)
-    inputs["finetune"] = {"patch_path": str(tmp_path / "gone")}
+    run = tracking.start_pipeline_run(uri, "exp", "demo", {"a": 1})
+    (tmp_path / "selection.json").write_text(json.dumps({"experts": [[0, 1]], "scores": [0.2], "strategy": "manual"}))
+    inputs = dict(
+        run=run, model={"model_path": str(tmp_path / "base"), "fingerprint": "abc"}, prompts={"fingerprint": "f00d"},
+        selection={"selection_path": str(tmp_path / "selection.json"), "experts": [[0, 1]]}, finetune={"patch_path": str(tmp_path / "gone")},
+        evaluation={"outputs_path": str(tmp_path / "selection.json")},
+    )
     with pytest.raises(InputError, match="patch"):
         tracking.register_candidate(TrackingConfig(registered_model="m"), **inputs)
     client = MlflowClient(uri)
     assert client.search_model_versions("name = 'm'") == []
-    runs = client.search_runs([inputs["run"]["experiment_id"]])
-    assert [r.info.run_name for r in runs] == ["demo"]  # the half-made register run was deleted
+    assert [r.info.run_name for r in client.search_runs([run["experiment_id"]])] == ["demo"]
 
 
 def _free_port():
@@ -108,13 +79,17 @@ def _free_port():
         return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_the_same_calls_work_against_an_mlflow_server(tmp_path):
+@contextmanager
+def mlflow_server(tmp_path):
+    """A real `mlflow server` on a free loopback port: SQLite backend, proxied artifacts, no job consumers."""
     port = _free_port()
     cmd = [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
            "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}", "--artifacts-destination", str(tmp_path / "artifacts")]
+    # Without this, MLflow 3.17 starts ~7 huey job-consumer processes (~250 MB each) we never use.
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
     # Its own process group: `mlflow server` starts the web server as a child process.
-    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True)
+    server = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=open(tmp_path / "server.log", "w"), start_new_session=True, env=env)
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 180
@@ -126,12 +101,36 @@ def test_the_same_calls_work_against_an_mlflow_server(tmp_path):
                 if time.monotonic() > deadline or server.poll() is not None:
                     pytest.fail(f"mlflow server did not start: {(tmp_path / 'server.log').read_text()[-500:]}")
                 time.sleep(0.5)
-        rec = tracking.register_candidate(TrackingConfig(registered_model="m"), **candidate_inputs(tmp_path, uri))
-        assert tracking.get_version(uri, "m", "challenger")["version"] == rec["version"] == "1"
-        assert any((tmp_path / "artifacts").rglob("experts.safetensors"))  # uploaded through the server
+        yield uri, server
     finally:
         os.killpg(server.pid, signal.SIGTERM)
         try:
             server.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(server.pid, signal.SIGKILL)
+
+
+def _process_tree(pid: int) -> list[int]:
+    out = subprocess.run(["ps", "-o", "pid=", "--ppid", str(pid)], capture_output=True, text=True).stdout.split()
+    return [int(p) for p in out] + [q for p in out for q in _process_tree(int(p))]
+
+
+@pytest.mark.slow
+def test_register_and_load_through_an_mlflow_server_with_proxied_artifacts(tmp_path, tiny_demo_model, monkeypatch):
+    from tests import registry_fixtures as rf
+    from tests.test_registry import PREDICT, fresh_process
+
+    monkeypatch.setenv("STEERMOE_CACHE", str(tmp_path / "user-cache"))
+    with mlflow_server(tmp_path) as (uri, server):
+        assert len(_process_tree(server.pid)) <= 3, "job consumers were started"  # server, uvicorn and its worker
+        cfg = rf.config(tmp_path / "work", tiny_demo_model, rf.write_prompts(tmp_path / "prompts.jsonl"), tracking_uri=uri)
+        world = rf.register(cfg, "served", seed=3)
+        assert tracking.get_version(uri, "m", "challenger")["version"] == world["registered"]["version"] == "1"
+        assert any((tmp_path / "artifacts").rglob("experts.safetensors"))  # uploaded through the server
+        fresh = tmp_path / "fresh"
+        fresh.mkdir()
+        stages.read_prompt_snapshot(world["prompts"]["prompts_path"], "eval").to_json(fresh / "prompts.jsonl", orient="records", lines=True)
+        out = fresh_process(PREDICT, fresh, MLFLOW_TRACKING_URI=uri, STEERMOE_CACHE=str(tmp_path / "fresh-cache"))
+        assert out.returncode == 0, out.stderr[-2000:]
+        evaluated = pd.read_json(world["evaluation"]["outputs_path"], lines=True)
+        assert json.loads(out.stdout.strip().splitlines()[-1]) == evaluated["response"].tolist()
