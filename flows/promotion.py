@@ -1,4 +1,5 @@
-"""``promote``: move the ``champion`` alias to a candidate only if it passes the promotion rule."""
+"""``promote``: challenger and champion evaluated head to head on the current evaluation set; the
+``champion`` alias moves only if the challenger wins beyond the noise (decision recorded either way)."""
 
 from __future__ import annotations
 
@@ -21,12 +22,15 @@ def promote(
     config_path: Optional[str] = None,
     overrides: Optional[list[str]] = None,
 ) -> dict:
-    """Promote a registered candidate to ``champion`` if it refuses more unsafe prompts by the configured
-    margin, over-refuses at most the tolerance more, and keeps utility within its tolerance.
+    """Promote a registered candidate to ``champion`` if, on the current evaluation set, it refuses more
+    unsafe prompts by the configured margin with a paired bootstrap interval above 0, over-refuses at most
+    the tolerance more, and keeps utility within its tolerance. Versions whose recorded results come from
+    another evaluation set are evaluated again first; the others' results are reused.
 
     Args:
         candidate: A version number of the registered model, or an alias (default ``challenger``).
-        config: Run configuration; only ``tracking`` (URI, model name, margin, tolerances) and ``cache_dir`` are used.
+        config: Run configuration: ``tracking`` (URI, model name, margin, tolerances), ``prompts`` and
+            ``evaluation`` (the current evaluation set and how to evaluate on it), ``model`` (dtype, device).
         config_path: A run-config YAML readable by the worker, instead of ``config``.
         overrides: ``key.path=value`` overrides, e.g. ``tracking.promotion_margin=0.1``.
     """

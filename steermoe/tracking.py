@@ -319,6 +319,8 @@ def resolve_base(ref: Mapping[str, Any], tracking_uri: str | None = None) -> Pat
     """The local folder of a version's base model, after checking it is the one the version was made on."""
     from steermoe.modeling import model_fingerprint
 
+    if "kind" not in ref and "path" in ref:  # versions registered before references had kinds
+        ref = {**ref, "kind": "path"}
     if ref.get("kind") == "hub":
         path = _fetch_hub(ref)
     elif ref.get("kind") == "mlflow":
@@ -492,7 +494,7 @@ def _log_evaluation_frames(client, run_id: str, key: str, frames: Mapping[str, A
     with tempfile.TemporaryDirectory() as tmp:
         for role, frame in frames.items():
             path = Path(tmp) / f"{role}.jsonl"
-            frame.to_json(path, orient="records", lines=True, force_ascii=False)
+            frame.to_json(path, orient="records", lines=True, force_ascii=False, double_precision=15)
             client.log_artifact(run_id, str(path), f"evaluations/{key}")
             uris[role] = f"runs:/{run_id}/evaluations/{key}/{role}.jsonl"
     return uris
@@ -632,9 +634,17 @@ def get_version(uri: str, name: str, ref: str) -> dict | None:
         "tags": tags,
         "metrics": json.loads(tags.get("metrics", "{}")),
         "aliases": list(mv.aliases),
-        "model_id": getattr(mv, "model_id", None),
+        "model_id": _model_id_of(mv),
         "run_id": mv.run_id,
     }
+
+
+def _model_id_of(mv) -> str | None:
+    """The logged model behind a version (some stores return no ``model_id``; its source names it)."""
+    if getattr(mv, "model_id", None):
+        return mv.model_id
+    source = str(mv.source or "")
+    return source[len("models:/") :] if source.startswith("models:/m-") else None
 
 
 def set_alias(uri: str, name: str, alias: str, version: str) -> None:

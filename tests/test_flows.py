@@ -91,7 +91,7 @@ def test_first_run_runs_every_stage_and_registers_a_challenger(world, first_run)
     prompts = first_run["records"]["validate_prompts"]
     assert challenger["tags"]["prompts.fingerprint"] == prompts["fingerprint"]
     assert json.loads(challenger["tags"]["selection.experts"]) == first_run["records"]["select_experts"]["experts"]
-    assert "finetuned.refusal_rate" in challenger["metrics"] and "base.refusal_rate" in challenger["metrics"]
+    assert "refusal_rate" in challenger["metrics"] and "base.refusal_rate" in challenger["metrics"] and "refusal_rate.ci_low" in challenger["metrics"]
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_stage(world, first_run):
@@ -164,7 +164,7 @@ def test_a_deleted_output_is_rebuilt_and_its_consumers_stay_cached(world, first_
     assert out["records"]["risk_difference"]["table_path"] == first_run["records"]["risk_difference"]["table_path"]
 
 
-def test_promotion_refused_then_accepted(world, first_run):
+def test_promotion_is_head_to_head_and_recorded_either_way(world, first_run):
     from flows.promotion import promote
 
     uri = uri_of(world)
@@ -172,16 +172,14 @@ def test_promotion_refused_then_accepted(world, first_run):
     refused = promote(candidate=version, config=world.config("tracking.promotion_margin=1.0"))
     assert refused["promoted"] is False
     assert any(r.startswith("FAIL: refusal") for r in refused["decision"]["reasons"])
+    assert refused["decision"]["reference"] == "base"  # no champion yet: the challenger meets its base
+    # Same evaluation set as the pipeline's: both sides' per-prompt results come from the registration.
+    assert refused["decision"]["sources"] == {"challenger": "cached", "base": "cached"}
+    assert refused["decision"]["eval_set"] == first_run["records"]["evaluate"]["eval_set"]["fingerprint"]
     assert tracking.get_version(uri, MODEL, "champion") is None
     assert tracking.get_version(uri, MODEL, version)["tags"]["promotion.decision"] == "refused"
-
-    accepted = promote(
-        candidate=version,
-        config=world.config("tracking.promotion_margin=0", "tracking.over_refusal_tolerance=1", "tracking.utility_tolerance=100"),
-    )
-    assert accepted["promoted"] is True, accepted["decision"]
-    assert accepted["decision"]["reference"] == "base"  # no champion before
-    assert tracking.get_version(uri, MODEL, "champion")["version"] == version
+    # An operator may still name a champion by hand (the MLflow UI allows it); the retrain checks build on it.
+    tracking.set_alias(uri, MODEL, tracking.CHAMPION, version)
 
 
 def test_retrain_is_skipped_when_the_prompts_did_not_change(world, first_run):
@@ -260,7 +258,7 @@ def test_cli_run_reuses_every_stage_and_prints_the_summary(world, first_run):
     out = steermoe_cli(world, "run", "--config", str(config_file(world, world.root / "run.yaml")))
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.strip("│ ").split(" ")[0] in STAGES]
-    assert len(lines) == len(STAGES) and all("Cached" in line for line in lines)
+    assert len(lines) == len(STAGES) and all("Cached" in line for line in lines), "\n".join(lines)
     assert f"models:/{MODEL}@challenger" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
 
 

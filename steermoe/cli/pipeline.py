@@ -138,6 +138,8 @@ def promote(
     console.print(table)
     for reason in d["reasons"]:
         console.print(f"  {reason}", highlight=False)
+    sources = ", ".join(f"{who} {how}" for who, how in d.get("sources", {}).items())
+    console.print(f"  evaluation set {d.get('eval_set', '?')}" + (f" ({sources})" if sources else ""), highlight=False, markup=False)
     verdict = "[green]promoted to champion" if result["promoted"] else "[yellow]not promoted"
     console.print(f"{verdict}[/]: models:/{result['name']}@champion " + (f"(was v{result['previous_champion']})" if result["previous_champion"] else ""))
     return 0
