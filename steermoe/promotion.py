@@ -230,29 +230,26 @@ class _HeadToHead:
 
     def _base_results(self):
         if self._base is None:
-            from steermoe.modeling import load_model, load_tokenizer
+            from steermoe.modeling import load_pretrained
 
-            m = self.cfg.model
             base_path = self._files(self.challenger)["base"]
             print(f"promote: measuring the base model on {len(self.prompts)} prompts (utility reference)")
-            result = self._evaluate(load_model(base_path, dtype=m.dtype, device=m.device), load_tokenizer(base_path))
+            result = self._evaluate(*load_pretrained(self.cfg.model, base_path))
             self._base = (result.reference, _keep(result.responses))
         return self._base
 
     def results(self, version: Mapping) -> tuple[pd.DataFrame, str]:
         """``(per-prompt results, "cached" | "evaluated")`` of a version on this set."""
         from steermoe import tracking
-        from steermoe.finetune import load_patched_model
-        from steermoe.modeling import load_tokenizer
+        from steermoe.modeling import load_pretrained
 
         cached = tracking.read_cached_evaluation(self.uri, version, self.key)
         if cached is not None:
             return cached, "cached"
         print(f"promote: v{version['version']} has no results on evaluation set {self.eval_fp}; evaluating it now")
         reference, base_frame = self._base_results()
-        files, m = self._files(version), self.cfg.model
-        model = load_patched_model(files["base"], files["patch"], dtype=m.dtype, device=m.device)
-        result = self._evaluate(model, load_tokenizer(files["base"]), reference)
+        files = self._files(version)
+        result = self._evaluate(*load_pretrained(self.cfg.model, files["base"], patch=files["patch"]), reference)
         frame = _keep(result.responses)
         tracking.record_evaluation(self.uri, self.run_id, version, self.key, {"model": frame, "base": base_frame}, _metrics_of(result), self.eval_fp)
         return frame, "evaluated"

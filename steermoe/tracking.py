@@ -354,14 +354,14 @@ def _patched_model():
         """Resolves the base model named in ``base.json`` (checking its fingerprint) and applies the patch."""
 
         def load_context(self, context):
-            from steermoe.finetune import load_patched_model
-            from steermoe.modeling import load_tokenizer
+            from steermoe.modeling import load_pretrained, model_section
 
             base = json.loads(Path(context.artifacts["base"]).read_text(encoding="utf-8"))
             path = resolve_base(base, mlflow.get_tracking_uri())
-            self.model = load_patched_model(path, context.artifacts["patch"], device=os.environ.get("STEERMOE_DEVICE", "auto"))
-            self.tokenizer = load_tokenizer(path)
             self.generation = dict(context.model_config or {})
+            # Loaded as evaluated (dtype, attention kernel, remote code); the device is this machine's choice.
+            section = model_section(**self.generation.pop("model", {}), device=os.environ.get("STEERMOE_DEVICE", "auto"))
+            self.model, self.tokenizer = load_pretrained(section, path, patch=context.artifacts["patch"])
 
         def predict(self, context, model_input, params=None):
             import pandas as pd
@@ -536,7 +536,7 @@ def _log_patched_model(run_id: str, base_ref: Mapping, model: Mapping, finetune:
             python_model=str(MODEL_CODE),
             artifacts={"patch": finetune["patch_path"], "selection": selection["selection_path"], "base": str(base_json)},
             pip_requirements=_pip_requirements(),
-            model_config=generation,
+            model_config={**generation, "model": dict(evaluation.get("model_load", {}))},
             signature=_signature(generation),
             input_example=example,
             tags={"base.kind": base_ref["kind"], "model.fingerprint": model["fingerprint"]},
