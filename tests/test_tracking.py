@@ -134,3 +134,11 @@ def test_register_and_load_through_an_mlflow_server_with_proxied_artifacts(tmp_p
         assert out.returncode == 0, out.stderr[-2000:]
         evaluated = pd.read_json(world["evaluation"]["outputs_path"], lines=True)
         assert json.loads(out.stdout.strip().splitlines()[-1]) == evaluated["response"].tolist()
+
+        from steermoe.promotion import promote
+
+        result = promote(cfg, "challenger")  # head to head with its base, on the results the server keeps
+        assert result["decision"]["sources"] == {"challenger": "cached", "base": "cached"}
+        tags = tracking.get_version(uri, "m", "1")["tags"]
+        assert tags["promotion.run_id"] == result["run_id"] and tags["promotion.eval_set"] == world["evaluation"]["eval_set"]["fingerprint"]
+        assert MlflowClient(uri).get_run(result["run_id"]).info.status == "FINISHED"
