@@ -92,6 +92,12 @@ def test_first_run_runs_every_stage_and_registers_a_challenger(world, first_run)
     assert challenger["tags"]["prompts.fingerprint"] == prompts["fingerprint"]
     assert json.loads(challenger["tags"]["selection.experts"]) == first_run["records"]["select_experts"]["experts"]
     assert "refusal_rate" in challenger["metrics"] and "base.refusal_rate" in challenger["metrics"] and "refusal_rate.ci_low" in challenger["metrics"]
+    # Lineage: from the version to the pipeline run, the risk table, the selection and the routing store.
+    tags = challenger["tags"]
+    assert tags["lineage.pipeline_run_id"] == first_run["tracking"]["run_id"]
+    assert tags["lineage.risk_difference"].endswith("/risk_table.parquet") and tags["lineage.select_experts"].endswith("/selection.json")
+    assert tags["lineage.routing_store"] == first_run["records"]["collect_routing"]["store_path"]
+    assert tags["base.kind"] == "mlflow" and tags["base.reference"].startswith("runs:/")
 
 
 def test_mlflow_has_a_parent_run_with_one_nested_run_per_stage(world, first_run):
