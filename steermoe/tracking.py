@@ -332,6 +332,12 @@ def resolve_base(ref: Mapping[str, Any], tracking_uri: str | None = None) -> Pat
     else:
         raise InputError(f"registered model: unknown base reference {dict(ref)}; register the version again")
     found = model_fingerprint(path)
+    if found != ref["fingerprint"] and ref["kind"] == "mlflow":
+        import shutil
+
+        shutil.rmtree(path, ignore_errors=True)  # a damaged cached copy: fetch the logged weights once more
+        path = _fetch_mlflow(ref, tracking_uri)
+        found = model_fingerprint(path)
     if found != ref["fingerprint"]:
         raise InputError(
             f"base model {_describe(ref)} ({path}) has fingerprint {found}, but the version was registered on {ref['fingerprint']}; "

@@ -146,3 +146,28 @@ def test_a_base_from_the_hub_cache_is_referenced_by_repo_and_revision_and_resolv
     assert Path(out.stdout.strip()) == snapshot
     with pytest.raises(InputError, match="not a Hugging Face hub snapshot"):
         tracking.base_reference("hub", world["second"]["model"], uri=world["uri"], experiment_id="0")
+
+
+def test_loading_a_version_whose_base_changed_fails_with_one_line_and_a_damaged_cached_copy_is_fetched_again(world, tmp_path):
+    from mlflow.artifacts import download_artifacts
+
+    source = MlflowClient(world["uri"]).get_model_version_download_uri("m", "2")
+    local = Path(download_artifacts(artifact_uri=source, dst_path=str(tmp_path / "v2"), tracking_uri=world["uri"]))
+    fingerprint = world["second"]["model"]["fingerprint"]
+    # A damaged copy in the download cache is replaced by the logged weights, and the load succeeds.
+    cached = tmp_path / "cache" / "base-models" / fingerprint
+    shutil.copytree(world["second"]["model"]["model_path"], cached)
+    (cached / "config.json").write_text(json.dumps({**json.loads((cached / "config.json").read_text()), "rope_theta": 1.0}))
+    load = f"import mlflow; mlflow.pyfunc.load_model({str(local)!r}); print('loaded')"
+    out = fresh_process(load, tmp_path, MLFLOW_TRACKING_URI=world["uri"], STEERMOE_CACHE=str(tmp_path / "cache"))
+    assert out.returncode == 0 and out.stdout.strip().endswith("loaded"), out.stderr[-1500:]
+    assert tracking.resolve_base({"kind": "path", "path": str(cached), "fingerprint": fingerprint}) == cached
+    # A base the version points at by path, changed since: refused, one line, saying what to do.
+    changed = tmp_path / "changed-base"
+    shutil.copytree(cached, changed)
+    (changed / "config.json").write_text(json.dumps({**json.loads((changed / "config.json").read_text()), "rope_theta": 2.0}))
+    (local / "artifacts" / "base.json").write_text(json.dumps({"kind": "path", "path": str(changed), "fingerprint": fingerprint}))
+    out = fresh_process(load, tmp_path, MLFLOW_TRACKING_URI=world["uri"], STEERMOE_CACHE=str(tmp_path / "cache"))
+    assert out.returncode != 0
+    last = out.stderr.strip().splitlines()[-1]
+    assert last.startswith("steermoe.errors.InputError: base model") and f"registered on {fingerprint}" in last and "restore" in last
