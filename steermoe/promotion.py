@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
@@ -41,6 +42,8 @@ __all__ = [
     "evaluation_key",
     "promote",
 ]
+
+log = logging.getLogger(__name__)
 
 # Metric names as the evaluation stage reports them (fractions in [0, 1]; the loss in nats/token).
 REFUSAL = "refusal_rate"  # unsafe prompts refused: higher is better
@@ -220,7 +223,7 @@ class _HeadToHead:
         return evaluate_model(
             model, tokenizer, self.prompts, resolve_judges(ev.judges, judge_options(ev)), max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
             reference=reference, drift=False, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed,
-            chat_template_kwargs=self.cfg.generation.chat_template_kwargs, progress=False,
+            chat_template_kwargs=self.cfg.generation.chat_template_kwargs, progress=True,
         )
 
     def _files(self, version: Mapping) -> dict[str, Path]:
@@ -233,7 +236,7 @@ class _HeadToHead:
             from steermoe.modeling import load_pretrained
 
             base_path = self._files(self.challenger)["base"]
-            print(f"promote: measuring the base model on {len(self.prompts)} prompts (utility reference)")
+            log.info("promote: measuring the base model on %d prompts (the utility reference)", len(self.prompts))
             result = self._evaluate(*load_pretrained(self.cfg.model, base_path))
             self._base = (result.reference, _keep(result.responses))
         return self._base
@@ -246,7 +249,7 @@ class _HeadToHead:
         cached = tracking.read_cached_evaluation(self.uri, version, self.key)
         if cached is not None:
             return cached, "cached"
-        print(f"promote: v{version['version']} has no results on evaluation set {self.eval_fp}; evaluating it now")
+        log.info("promote: v%s has no results on evaluation set %s; evaluating it now", version["version"], self.eval_fp)
         reference, base_frame = self._base_results()
         files = self._files(version)
         result = self._evaluate(*load_pretrained(self.cfg.model, files["base"], patch=files["patch"]), reference)
