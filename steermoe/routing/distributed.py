@@ -78,6 +78,7 @@ def collect_routing_on_ray(
     started = time.perf_counter()
     with ray_cluster(execution_cfg), WorkerPool(execution_cfg, "routing") as pool:
         headers = pool.call_all("routing", opener, "header")
+        startup = time.perf_counter() - started  # workers placed, model loaded in each
         if any(h != headers[0] for h in headers[1:]):
             raise WorkerFailed("routing: the Ray workers loaded different models or tokenizers; give every node the same model folder")
         writer = RoutingStoreWriter(out_dir, headers[0])
@@ -100,5 +101,5 @@ def collect_routing_on_ray(
     return writer.finish(
         list(range(shard_count(n, per_shard))), seconds=round(elapsed, 3), recorded_tokens_this_run=tally["tokens"],
         tokens_per_second=round(tally["tokens"] / elapsed, 1) if tally["tokens"] else None, final_batch_size=tally["batch_size"],
-        executor="ray", workers=execution_cfg.num_workers,
+        executor="ray", workers=execution_cfg.num_workers, startup_seconds=round(startup, 3),
     )
