@@ -149,12 +149,18 @@ def test_registered_version_loads_by_alias_and_reproduces_the_evaluated_outputs(
 
 
 def test_changing_only_evaluation_settings_reruns_only_evaluation(world, first_run):
+    """Here evaluation also moves onto Ray workers (a local Ray the stage starts): the executor is in no
+    cache key, and the workers give the same answers as the first, in-process run."""
     from flows.pipeline import safety_pipeline
+    from steermoe.execution import ray_available
 
-    out = safety_pipeline(config=world.config("evaluation.bootstrap_samples=5"))
+    on_ray = ["execution.executor=ray", "execution.num_workers=2", "execution.stages=[evaluation]"] if ray_available() else []
+    out = safety_pipeline(config=world.config("evaluation.bootstrap_samples=5", *on_ray))
     upstream = STAGES[: STAGES.index("evaluate")]
     assert {s: out["states"][s] for s in upstream} == {s: "Cached" for s in upstream}
     assert out["states"]["evaluate"] == "Completed"
+    first, now = (pd.read_json(r["records"]["evaluate"]["outputs_path"], lines=True) for r in (first_run, out))
+    pd.testing.assert_frame_equal(now[["id", "response", "refused"]], first[["id", "response", "refused"]])
     # New numbers make a new candidate, so registration runs too.
     assert out["states"]["register"] == "Completed"
     assert int(out["registered"]["version"]) == int(first_run["registered"]["version"]) + 1
