@@ -178,14 +178,20 @@ def base_reference(
     return BaseReference(ids, prompt_ids, answer_ids, sums, counts, usage)
 
 
-def _generate_frame(model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress) -> pd.DataFrame:
+def _generate_frame(
+    model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress, answer=None,
+) -> pd.DataFrame:
     from steermoe.modeling import generate
 
     records = prompts_df.to_dict("records")
-    out = generate(
-        model, tokenizer, [to_messages(r) for r in records], max_new_tokens=max_new_tokens, batch_size=batch_size,
-        chat_template_kwargs=chat_template_kwargs, progress=progress,
-    )
+    conversations = [to_messages(r) for r in records]
+    if answer is not None:  # another engine answers (e.g. vLLM, steermoe.evaluation.vllm_generation)
+        out = answer(conversations, chat_template_kwargs)
+    else:
+        out = generate(
+            model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
+            chat_template_kwargs=chat_template_kwargs, progress=progress,
+        )
     return pd.DataFrame(
         {
             "id": [str(r["id"]) for r in records],
@@ -207,9 +213,10 @@ class LoadedModel:
 
     model: Any
     tokenizer: Any
+    answer: Callable | None = None  # generates the answers instead of model.generate (ModelEntry.answer)
 
     def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs=None, progress=True) -> pd.DataFrame:
-        return _generate_frame(self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
+        return _generate_frame(self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress, self.answer)
 
     def answer_losses(self, prompt_ids, answer_ids, batch_size: int, ids=None) -> tuple[np.ndarray, np.ndarray]:
         return answer_losses(self.model, self.tokenizer, prompt_ids, answer_ids, batch_size)
@@ -289,6 +296,9 @@ class ModelEntry:
     steering: ExpertSelection | None = None
     epsilon: float = 1e-2  # SteerMoE's margin above the max / below the min log-probability
     training: dict | None = None  # fine-tuning metrics of this model (trainable_params, optimizer_state_bytes, step_seconds)
+    # Generates the answers instead of model.generate: ``answer(conversations, chat_template_kwargs) -> GenerationOutput``
+    # (vLLM: steermoe.evaluation.vllm_generation.vllm_answer_fn). Losses and drift still run on the loaded model.
+    answer: Callable | None = None
 
 
 @dataclass
@@ -310,7 +320,7 @@ def open_loaded_model(name: str, entry: ModelEntry) -> Iterator[LoadedModel]:
 
     model, tokenizer = entry.load()
     with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
-        yield LoadedModel(model, tokenizer)
+        yield LoadedModel(model, tokenizer, None if entry.steering else entry.answer)  # steering hooks the HF model
 
 
 def compare_models(

@@ -8,6 +8,10 @@ Segments: the prompt segment is every prompt token (after the chat template); th
 segment is every generated token *before* EOS, each recorded at the step where it was the model's
 input. EOS itself and anything after it are never recorded. The ids kept in ``generated_token_ids``
 do include the EOS token when one was produced.
+
+A backend that records only what its engine dispatched (vLLM's routed-experts return) has no routing for
+the last token of an answer cut at ``max_new_tokens``: that token was sampled but never fed back. It says so
+with ``last_token_fed=False``; the generation segment is then one token shorter for such answers.
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ class SequenceRouting:
     generated_weights: np.ndarray | None = None
     prompt_logits: np.ndarray | None = None
     generated_logits: np.ndarray | None = None
+    last_token_fed: bool = True  # False: an answer stopped by length has no routing for its last token
 
     @property
     def recorded_generated_ids(self) -> list[int]:
@@ -45,7 +50,8 @@ class SequenceRouting:
 
     def check(self) -> None:
         assert len(self.prompt_experts) == len(self.prompt_token_ids), "one prompt routing row per prompt token"
-        n_gen = len(self.generated_token_ids) - (1 if self.stop == "eos" else 0)
+        n_gen = len(self.generated_token_ids) - (1 if self.stop == "eos" or not self.last_token_fed else 0)
+        n_gen = max(n_gen, 0)
         assert len(self.generated_experts) == n_gen, f"{len(self.generated_experts)} generation rows for {n_gen} tokens"
 
 

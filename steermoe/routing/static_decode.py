@@ -5,7 +5,8 @@ At MoE scale Hugging Face ``generate`` spends most of a decode step in Python an
 decode step has the same shapes (one token per sequence, a preallocated cache, a ``(batch, 1, 1, cache_len)``
 mask), so on CUDA the whole forward is captured once as a CUDA graph and replayed; elsewhere the same loop runs
 eagerly. Experts must dispatch without host syncs inside the graph: the decoder switches the model to the
-``grouped_mm`` experts implementation while it runs.
+``grouped_mm`` experts implementation while it runs. With sdpa attention on CUDA it also attends with
+:func:`~steermoe.routing.gqa_attention.grouped_query_sdpa`, which does not copy the KV cache to every query head.
 
 Routing is recorded inside the graph too: with a :class:`RouterRecorder` in device-cursor mode, each router hook
 writes its top-k at a device-side position that the loop moves between replays (``generate(..., recorder=...)``).
@@ -47,12 +48,14 @@ class StaticDecoder:
     Greedy by default; with ``do_sample`` it samples with temperature and top-p from a generator seeded with
     ``seed + first_seq`` (the same per-batch seeding as the HF backend, not the same random stream).
     ``cuda_graph=None`` uses a graph for bf16 models on CUDA and falls back to the eager loop, with a warning, if
-    capture fails; ``True`` insists (errors propagate), ``False`` never captures.
+    capture fails; ``True`` insists (errors propagate), ``False`` never captures. ``gqa_attention=None`` folds
+    grouped query heads instead of repeating the cache (sdpa models on CUDA); ``True``/``False`` force it.
     """
 
     def __init__(
         self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], max_new_tokens: int, do_sample: bool = False,
         temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, cuda_graph: bool | None = None, check_every: int = 8,
+        gqa_attention: bool | None = None,
     ):
         import torch
 
@@ -65,6 +68,7 @@ class StaticDecoder:
         if max_new_tokens < 1:
             raise InputError(f"generation.max_new_tokens must be at least 1, not {max_new_tokens}")
         self.model = model
+        self._attn_impl = impl
         self.pad_token_id = int(pad_token_id)
         self.eos = sorted({int(e) for e in eos_token_ids})
         self.max_new_tokens = int(max_new_tokens)
@@ -74,6 +78,8 @@ class StaticDecoder:
         graphable = self.device.type == "cuda" and model.dtype == torch.bfloat16
         self.use_graph = graphable if cuda_graph is None else bool(cuda_graph)
         self._strict_graph = cuda_graph is True
+        fold = self.device.type == "cuda" if gqa_attention is None else bool(gqa_attention)
+        self.gqa_attention = fold and impl == "sdpa"
         self.check_every = max(1, int(check_every))
         self._slot: tuple[tuple[int, int], _Slot] | None = None
         self.graph_captures = 0  # how many graphs were captured (tests, benchmarks)
@@ -93,7 +99,7 @@ class StaticDecoder:
 
         if not prompts or any(len(p) == 0 for p in prompts):
             raise InputError("the static decoder got an empty prompt; every prompt needs at least one token")
-        with torch.no_grad(), self._sync_free_experts():
+        with torch.no_grad(), self._sync_free_experts(), self._folded_gqa():
             tokens, lengths, filled = self._decode([list(map(int, p)) for p in prompts], first_seq, recorder)
         rows = tokens.cpu().tolist()
         return [row[:n] for row, n in zip(rows, lengths.cpu().tolist())], filled
@@ -241,7 +247,7 @@ class StaticDecoder:
 
     @property
     def _bool_mask(self) -> bool:
-        return self.model.config._attn_implementation == "sdpa"
+        return self._attn_impl == "sdpa"
 
     @property
     def _mask_dtype(self):
@@ -300,3 +306,19 @@ class StaticDecoder:
         finally:
             if switch:
                 self.model.set_experts_implementation(before)
+
+    @contextmanager
+    def _folded_gqa(self):
+        """Attend with the grouped-query SDPA (no KV-cache copies) while decoding; restore the model's attention after."""
+        if not self.gqa_attention:
+            yield
+            return
+        from steermoe.routing.gqa_attention import register
+
+        config = self.model.config
+        before = config._attn_implementation
+        config._attn_implementation = register()
+        try:
+            yield
+        finally:
+            config._attn_implementation = before

@@ -1,7 +1,18 @@
-"""vLLM backend: generate with an in-process vLLM engine and record the experts its MoE layers dispatched to.
+"""vLLM backend: generate with a vLLM engine and record the experts its MoE layers dispatched to.
 
 Two ways of recording, chosen by ``capture``:
 
+* ``"routed_experts"`` (the GPU path; vLLM's own routed-experts return, "R3"): the engine is built with
+  ``enable_return_routed_experts=True`` and hands back, per finished request, the expert ids every layer
+  dispatched each token to: ``(prompt + generated - 1, num_hidden_layers, k)``, uint8. No hooks, so the engine
+  keeps its CUDA graphs, compiled model and engine-core process: collection runs at vLLM's speed. We keep the
+  rows of the MoE layers (the model's own layer numbers; the rows of dense layers, which vLLM leaves zero, are
+  dropped) and split them into the prompt and generation segments. **The last generated token is never fed
+  back through the model, so it has no routing**: an answer stopped by ``max_new_tokens`` has one recorded
+  generated token fewer than ``max_new_tokens`` (an answer stopped by EOS loses nothing: EOS is never recorded
+  by any backend). The HF backends generate one extra token so that they can record the last one; this
+  backend records exactly what vLLM dispatched instead (``last_token_fed=False`` in the records and
+  ``generation.last_token_recorded: false`` in the store header). Needs model runner V2 (Triton on a GPU).
 * ``"hooks"`` (CPU, or any build where the model runs eagerly in this process): every MoE layer of
   vLLM's model is a ``MoERunner`` whose router accepts a capture callback (``set_capture_fn``, the
   hook vLLM's own routed-experts replay uses). The callback receives the *logical* top-k ids the
@@ -11,18 +22,14 @@ Two ways of recording, chosen by ``capture``:
   the model is called with give each token's absolute position in its sequence. This covers batched
   decoding, mixed prefill/decode steps and chunked prefill (a long prompt spread over several steps);
   a recomputed position (preemption) simply overwrites the earlier, identical record. Router logits,
-  when asked for, come from a forward hook on each block's gate module.
-* ``"routed_experts"`` (GPU builds with model runner V2): vLLM's ``enable_return_routed_experts``
-  returns ``(tokens, layers, k)`` per request; no hooks. On CPU it needs Triton and fails.
+  when asked for, come from a forward hook on each block's gate module. Hooks need the engine in this
+  process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set before vLLM is imported) and eager mode (hooks do
+  not fire inside CUDA graphs or compiled graphs); like the HF backend they ask for ``max_new_tokens + 1``
+  tokens and drop the extra one, so every kept token has been fed through the model.
 
-Both need the engine in this process (``VLLM_ENABLE_V1_MULTIPROCESSING=0``, set before vLLM is
-imported), eager mode (hooks do not fire inside CUDA graphs or compiled graphs) and prefix caching off
-(a cached prefix is never run through the model, so its routing would be missing).
-
-Segments follow :mod:`steermoe.routing.records`: each generated token before EOS is recorded at the
-step where it was fed to the model, so like the HF backend we ask for ``max_new_tokens + 1`` tokens
-and drop the extra one. ``mode="two_phase"`` generates with vLLM and records with one teacher-forced
-Hugging Face forward per batch (:func:`steermoe.routing.collect.collect_routing`).
+Both need prefix caching off (a cached prefix is never run through the model, so its routing would be
+missing). ``mode="two_phase"`` generates with vLLM and records with one teacher-forced Hugging Face forward
+per batch (:func:`steermoe.routing.collect.collect_routing`).
 """
 
 from __future__ import annotations
@@ -48,7 +55,11 @@ __all__ = [
     "vllm_header",
     "vllm_generate_fn",
     "vllm_inline_batch",
+    "routed_rows",
+    "r3_routing",
     "collect_routing_vllm",
+    "collect_routing_vllm_ids",
+    "generation_header",
 ]
 
 _LAYER_RE = re.compile(r"(?:^|\.)layers\.(\d+)\.")
@@ -61,7 +72,11 @@ def vllm_available() -> bool:
     return importlib.util.find_spec("vllm") is not None
 
 
-def _prepare_env() -> None:
+def _prepare_env(hooks: bool = True) -> None:
+    # CPU builds size their KV cache from this (GiB); a small default leaves memory to everything else.
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
+    if not hooks:  # routed_experts comes back with the outputs: the engine core may run in its own process
+        return
     # The engine core must run in this process for hooks to see the model; vLLM reads this at import.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
     if os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] != "0":
@@ -69,8 +84,6 @@ def _prepare_env() -> None:
             "VLLM_ENABLE_V1_MULTIPROCESSING is set to a non-zero value; the vLLM routing backend needs the engine in "
             "this process: unset it or set it to 0"
         )
-    # CPU builds size their KV cache from this (GiB); a small default leaves memory to everything else.
-    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
 
 
 @dataclass(frozen=True)
@@ -82,13 +95,14 @@ class VLLMEngineSettings:
     max_num_batched_tokens: int | None = None  # tokens per step; prompts longer than this are chunked
     max_model_len: int | None = None  # default: longest prompt + max_new_tokens + 1, at least 256
     seed: int = 0
-    capture: str = "auto"  # "auto", "hooks" or "routed_experts"
+    capture: str = "auto"  # "auto", "hooks", "routed_experts" or "none" (generation only)
+    enforce_eager: bool | None = None  # None: eager for hooks and on CPU; CUDA graphs + compile on a GPU
     extra: dict[str, Any] = field(default_factory=dict)  # more vllm.LLM(...) keyword arguments
 
 
 def _resolve_capture(capture: str) -> str:
-    if capture not in ("auto", "hooks", "routed_experts"):
-        raise InputError(f"vllm capture: {capture!r} is not one of auto, hooks, routed_experts")
+    if capture not in ("auto", "hooks", "routed_experts", "none"):
+        raise InputError(f"vllm capture: {capture!r} is not one of auto, hooks, routed_experts, none")
     if capture != "auto":
         return capture
     import torch
@@ -98,15 +112,24 @@ def _resolve_capture(capture: str) -> str:
 
 
 def make_llm(model_path: str | Path, settings: VLLMEngineSettings, max_model_len: int):
-    """An in-process ``vllm.LLM`` configured so that every token's routing can be recorded."""
-    _prepare_env()
+    """A ``vllm.LLM`` configured so that every token's routing can be recorded (hooks: in this process, eager)."""
+    capture = _resolve_capture(settings.capture)
+    _prepare_env(hooks=capture == "hooks")
     from vllm import LLM
 
+    if capture == "hooks":
+        eager = True
+    elif settings.enforce_eager is None:
+        import torch
+
+        eager = not torch.cuda.is_available()
+    else:
+        eager = bool(settings.enforce_eager)
     kwargs: dict[str, Any] = dict(
         model=str(model_path),
         tokenizer=str(model_path),
         dtype=settings.dtype,
-        enforce_eager=True,
+        enforce_eager=eager,
         enable_prefix_caching=False,
         seed=settings.seed,
         max_model_len=settings.max_model_len or max_model_len,
@@ -114,7 +137,7 @@ def make_llm(model_path: str | Path, settings: VLLMEngineSettings, max_model_len
     )
     if settings.max_num_batched_tokens is not None:
         kwargs["max_num_batched_tokens"] = settings.max_num_batched_tokens
-    if _resolve_capture(settings.capture) == "routed_experts":
+    if capture == "routed_experts":
         kwargs["enable_return_routed_experts"] = True
     kwargs.update(settings.extra)
     return LLM(**kwargs)
@@ -316,22 +339,23 @@ def vllm_inline_batch(
 ) -> list[SequenceRouting]:
     """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts)."""
     n = max_new_tokens
-    # One token more than kept, so that every kept token has been fed through the model (see module doc).
-    outs = _generate(llm, prompts, lambda i: _sampling_params(n + 1, eos, do_sample, temperature, top_p, seed + i))
+    hooks = capture is not None
+    # Hooks: one token more than kept, so that every kept token has been fed through the model (see module doc).
+    # routed_experts: exactly n; the last one is never fed and so has no routing.
+    asked = n + 1 if hooks else n
+    outs = _generate(llm, prompts, lambda i: _sampling_params(asked, eos, do_sample, temperature, top_p, seed + i))
+    trimmed = [trim_generated(o.outputs[0].token_ids, eos, n) for o in outs]
+    texts = tokenizer.batch_decode([gen for gen, _ in trimmed], skip_special_tokens=True)
+    if not hooks:
+        return [
+            r3_routing(prompt, gen, stop, o.outputs[0].routed_experts, layers, text, request_id=o.request_id)
+            for o, prompt, (gen, stop), text in zip(outs, prompts, trimmed, texts)
+        ]
     result = []
-    for o, prompt in zip(outs, prompts):
-        gen, stop = trim_generated(o.outputs[0].token_ids, eos, n)
-        kept = len(gen) - (stop == "eos")
-        length = len(prompt) + kept
-        logits = None
-        if capture is not None:
-            req = next(r for r in list(capture._records) if _external_id(r) == o.request_id)
-            experts, logits = capture.take(req, length)
-        else:
-            routed = o.outputs[0].routed_experts
-            if routed is None or len(routed) < length:
-                raise RuntimeError(f"vLLM returned routing for {0 if routed is None else len(routed)} of {length} positions")
-            experts = np.asarray(routed)[:length][:, list(layers)].astype(np.int16)  # (positions, MoE layers, k)
+    for o, prompt, (gen, stop), text in zip(outs, prompts, trimmed, texts):
+        length = len(prompt) + len(gen) - (stop == "eos")
+        req = next(r for r in list(capture._records) if _external_id(r) == o.request_id)
+        experts, logits = capture.take(req, length)
         weights = _softmax_topk_weights(logits, experts, norm_topk_prob) if record_weights else None
         p = len(prompt)
 
@@ -339,14 +363,46 @@ def vllm_inline_batch(
             return None if a is None else a[lo:hi]
 
         result.append(SequenceRouting(
-            prompt_token_ids=list(prompt), generated_token_ids=gen, stop=stop,
-            generated_text=tokenizer.decode(gen, skip_special_tokens=True),
+            prompt_token_ids=list(prompt), generated_token_ids=gen, stop=stop, generated_text=text,
             prompt_experts=experts[:p], generated_experts=experts[p:length],
             prompt_weights=part(weights, 0, p), generated_weights=part(weights, p, length),
             prompt_logits=None if logits is None else logits[:p].astype(np.float16),
             generated_logits=None if logits is None else logits[p:length].astype(np.float16),
         ))
     return result
+
+
+def r3_routing(
+    prompt: Sequence[int], generated: list[int], stop: str, routed, layers: Sequence[int], text: str, request_id: str = "?",
+) -> SequenceRouting:
+    """One answer's records from vLLM's ``routed_experts``: every token vLLM fed through the model, which is every
+    prompt token and every generated token but the last (EOS, or the token that hit ``max_new_tokens``)."""
+    p, kept = len(prompt), max(len(generated) - 1, 0)
+    experts = routed_rows(routed, p + kept, layers, request_id)
+    return SequenceRouting(
+        prompt_token_ids=list(prompt), generated_token_ids=list(generated), stop=stop, generated_text=text,
+        prompt_experts=experts[:p], generated_experts=experts[p:], last_token_fed=False,
+    )
+
+
+def routed_rows(routed, length: int, layers: Sequence[int], request_id: str = "?") -> np.ndarray:
+    """``(length, MoE layers, k)`` int16 from vLLM's per-request ``routed_experts`` ``(tokens, all layers, k)``.
+
+    vLLM writes a row for every decoder layer (its buffer is ``num_hidden_layers`` deep); the rows of dense
+    layers are never written and stay zero, so only the MoE layers (the model's own numbers) are kept.
+    """
+    if routed is None:
+        raise RuntimeError(
+            f"vLLM request {request_id}: no routed_experts in the output; the engine must be built with "
+            "enable_return_routed_experts=True (capture='routed_experts')"
+        )
+    routed = np.asarray(routed)
+    if routed.ndim != 3 or len(routed) < length or routed.shape[1] <= max(layers):
+        raise RuntimeError(
+            f"vLLM request {request_id}: routed_experts has shape {routed.shape}; expected at least {length} positions "
+            f"and {max(layers) + 1} layers"
+        )
+    return routed[:length][:, list(layers)].astype(np.int16)
 
 
 def _softmax_topk_weights(logits: np.ndarray | None, experts: np.ndarray, normalise: bool) -> np.ndarray:
@@ -409,8 +465,7 @@ def collect_routing_vllm(
     """
     from transformers import AutoConfig
 
-    from steermoe.prompts import fingerprint as prompts_fingerprint
-    from steermoe.routing.collect import GENERATION_SEGMENT, run_collection, tokenize_prompts, tokenizer_fingerprint
+    from steermoe.routing.collect import tokenize_prompts
 
     if mode not in ("inline", "two_phase"):
         raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
@@ -421,7 +476,6 @@ def collect_routing_vllm(
     model_path = Path(model_path)
     config = AutoConfig.from_pretrained(str(model_path))
     settings = engine or VLLMEngineSettings(dtype=dtype, max_num_seqs=batch_size, seed=seed)
-    record_logits_internal = record_logits or record_weights  # weights are derived from the logits
     prompt_ids = tokenize_prompts(tokenizer, prompts_df, chat_template_kwargs)
     eos = _eos_ids(model_path, tokenizer)
     longest = max(len(p) for p in prompt_ids) + max_new_tokens + 1
@@ -432,11 +486,6 @@ def collect_routing_vllm(
             f"tokens exceeds the model's context ({context}); lower max_new_tokens or shorten the prompts"
         )
     llm = llm or make_llm(model_path, settings, max(longest, min(256, context)))
-    generation = {
-        "backend": "vllm", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
-        "temperature": temperature, "top_p": top_p, "seed": seed, "chat_template_kwargs": chat_template_kwargs or {},
-        "generation_segment": GENERATION_SEGMENT,
-    }
     if mode == "two_phase":
         from steermoe.modeling import load_model
         from steermoe.routing.collect import collect_routing
@@ -449,22 +498,74 @@ def collect_routing_vllm(
             record_logits=record_logits, record_weights=record_weights, shard_sequences=shard_sequences, mode="two_phase",
             progress=progress, generate_fn=gen_fn, fingerprint=None, on_shard=on_shard,
         )
+    return collect_routing_vllm_ids(
+        llm, config, tokenizer, prompts_df, prompt_ids, out_dir, eos=eos, capture=settings.capture,
+        model_header=lambda layers: vllm_header(model_path, config, layers, settings.dtype),
+        max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
+        seed=seed, chat_template_kwargs=chat_template_kwargs, record_logits=record_logits, record_weights=record_weights,
+        shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
+    )
 
-    capture_kind = _resolve_capture(settings.capture)
-    capture = None
+
+def generation_header(
+    mode: str, capture: str, *, max_new_tokens: int, batch_size: int, do_sample: bool, temperature: float, top_p: float,
+    seed: int, chat_template_kwargs: dict | None,
+) -> dict:
+    """The store's ``generation`` header of a vLLM run: sampling parameters, seeds, and what the segment holds."""
+    from steermoe.routing.collect import GENERATION_SEGMENT
+
+    r3 = mode == "inline" and capture == "routed_experts"
+    return {
+        "backend": "vllm", "mode": mode, "capture": capture if mode == "inline" else "hf_teacher_forced",
+        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
+        "temperature": temperature, "top_p": top_p, "seed": seed,
+        "seeds": "sequence s (0-based, in prompt order) samples with seed + s" if do_sample else "greedy: no sampling seed",
+        "chat_template_kwargs": chat_template_kwargs or {},
+        "generation_segment": R3_GENERATION_SEGMENT if r3 else GENERATION_SEGMENT,
+        "last_token_recorded": not r3,
+    }
+
+
+R3_GENERATION_SEGMENT = (
+    "generated tokens before EOS that vLLM fed through the model, each recorded where it was the model's input; "
+    "the last token of an answer cut at max_new_tokens was never fed and has no routing"
+)
+
+
+def collect_routing_vllm_ids(
+    llm, config, tokenizer, prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, *,
+    eos: set[int], capture: str = "auto", model_header, max_new_tokens: int = 32, batch_size: int = 16,
+    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
+    chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
+    shard_sequences: int = 64, progress: bool = True, on_shard=None,
+):
+    """Inline collection over tokenised prompts with a ready engine (``make_llm``): store and manifest written,
+    each shard encoded while the engine answers the next batch. ``model_header(layers)`` gives the store's
+    ``model`` header (:func:`vllm_header` for a saved folder)."""
+    from steermoe.prompts import fingerprint as prompts_fingerprint
+    from steermoe.routing.collect import run_collection, tokenizer_fingerprint
+
+    capture_kind = _resolve_capture(capture)
+    hooks = None
     if capture_kind == "hooks":
-        capture = VLLMRoutingCapture(top_k=int(config.num_experts_per_tok), logits=record_logits_internal)
-        layers = llm.collective_rpc(capture.install)[0]
+        hooks = VLLMRoutingCapture(top_k=int(config.num_experts_per_tok), logits=record_logits or record_weights)
+        layers = llm.collective_rpc(hooks.install)[0]
     else:
         if record_logits or record_weights:
-            raise InputError("record_logits/record_weights need capture='hooks'; vLLM's routed_experts returns expert ids only")
+            raise InputError(
+                "routing.record_logits/record_weights need vLLM capture='hooks' (CPU); vLLM's routed_experts returns expert ids "
+                "only: turn them off, or use routing.backend=hf"
+            )
         from steermoe.adapters import adapter_for
 
         layers = _moe_layer_indices(config, adapter_for(config))
     header = {
-        "model": vllm_header(model_path, config, layers, settings.dtype),
+        "model": model_header(layers),
         "tokenizer": tokenizer_fingerprint(tokenizer),
-        "generation": generation,
+        "generation": generation_header(
+            "inline", capture_kind, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
+            temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs,
+        ),
         "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
         "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
     }
@@ -472,11 +573,11 @@ def collect_routing_vllm(
 
     def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
         routed = vllm_inline_batch(
-            llm, capture, tokenizer, chunk, eos, max_new_tokens, layers, do_sample=do_sample, temperature=temperature,
+            llm, hooks, tokenizer, chunk, eos, max_new_tokens, layers, do_sample=do_sample, temperature=temperature,
             top_p=top_p, seed=seed + first_seq, record_weights=record_weights, norm_topk_prob=norm,
         )
-        if capture is not None:
-            capture.clear()
+        if hooks is not None:
+            hooks.clear()
         if not record_logits:
             for r in routed:
                 r.prompt_logits = r.generated_logits = None
@@ -488,8 +589,8 @@ def collect_routing_vllm(
             batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
         )
     finally:
-        if capture is not None:
-            llm.collective_rpc(capture.remove)
+        if hooks is not None:
+            llm.collective_rpc(hooks.remove)
 
 
 def _moe_layer_indices(config, adapter) -> list[int]:
