@@ -21,6 +21,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -334,3 +335,56 @@ def test_collect_routing_vllm_rejects_a_bad_mode_and_no_prompts(tmp_path, prompt
         collect_routing_vllm(tmp_path, None, pd.DataFrame(prompt_rows), tmp_path / "out", mode="streaming")
     with pytest.raises(InputError, match="no prompts"):
         collect_routing_vllm(tmp_path, None, pd.DataFrame(prompt_rows).iloc[:0], tmp_path / "out")
+
+
+def _r3_array(tokens: int, n_layers: int, k: int, dense: Sequence[int] = ()) -> np.ndarray:
+    """What vLLM's routed_experts holds for one request: a row for every position fed and every decoder layer (dense
+    layers never written: zero), expert ids as uint8. Ids encode (position, layer) so slicing errors show."""
+    pos = np.arange(tokens)[:, None, None]
+    layer = np.arange(n_layers)[None, :, None]
+    ids = ((pos * 7 + layer * 3 + np.arange(k)[None, None, :]) % 120).astype(np.uint8)
+    ids[:, list(dense)] = 0
+    return ids
+
+
+def test_r3_records_every_fed_token_and_only_moe_layers():
+    from steermoe.routing.records import shard_tables
+    from steermoe.routing.vllm_backend import r3_routing
+
+    prompt, layers, k = [5, 6, 7, 8], [1, 3], 2  # layers 0 and 2 dense (DeepSeek-V3-style)
+    for generated, stop in (([11, 12, 13], "length"), ([11, 2], "eos")):
+        routed = _r3_array(len(prompt) + len(generated) - 1, 4, k, dense=[0, 2])  # the last token was never fed
+        r = r3_routing(prompt, generated, stop, routed, layers, "text")
+        r.check()
+        assert not r.last_token_fed
+        assert r.prompt_experts.shape == (4, 2, k) and r.generated_experts.shape == (len(generated) - 1, 2, k)
+        assert r.prompt_experts.dtype == np.int16
+        np.testing.assert_array_equal(r.prompt_experts, routed[:4][:, layers])
+        np.testing.assert_array_equal(r.generated_experts, routed[4:][:, layers])
+        assert r.recorded_generated_ids == generated[:-1]
+        _, tokens = shard_tables(0, [{"id": "a"}], [r])
+        assert tokens.num_rows == len(prompt) + len(generated) - 1
+
+
+def test_r3_refuses_missing_or_short_routing():
+    from steermoe.routing.vllm_backend import routed_rows
+
+    with pytest.raises(RuntimeError, match="enable_return_routed_experts"):
+        routed_rows(None, 3, [0])
+    with pytest.raises(RuntimeError, match="at least 5 positions"):
+        routed_rows(_r3_array(4, 2, 2), 5, [0, 1])
+    with pytest.raises(RuntimeError, match="3 layers"):
+        routed_rows(_r3_array(6, 2, 2), 5, [0, 2])
+
+
+def test_r3_store_header_says_the_last_token_is_not_recorded():
+    from steermoe.routing.collect import GENERATION_SEGMENT
+    from steermoe.routing.vllm_backend import generation_header
+
+    common = dict(max_new_tokens=8, batch_size=4, do_sample=True, temperature=0.7, top_p=0.9, seed=3, chat_template_kwargs=None)
+    r3 = generation_header("inline", "routed_experts", **common)
+    hooks = generation_header("inline", "hooks", **common)
+    assert r3["last_token_recorded"] is False and hooks["last_token_recorded"] is True
+    assert r3["generation_segment"] != GENERATION_SEGMENT == hooks["generation_segment"]
+    assert r3["capture"] == "routed_experts" and (r3["temperature"], r3["top_p"], r3["seed"]) == (0.7, 0.9, 3)
+    assert "seed + s" in r3["seeds"]

@@ -78,16 +78,22 @@ def vllm_engine(model_path: str | Path, *, dtype: str = "float32", max_num_seqs:
     try:
         yield llm
     finally:
-        engine = getattr(llm, "llm_engine", None)
-        shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
-        if callable(shutdown):
-            shutdown()
-        del llm, engine
-        gc.collect()
-        import torch
+        _shutdown(llm)
+        del llm
 
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()
+
+def _shutdown(llm) -> None:
+    """Stop an engine's core (its own process on a GPU) and give its memory back."""
+    engine = getattr(llm, "llm_engine", None)
+    shutdown = getattr(getattr(engine, "engine_core", None), "shutdown", None)
+    if callable(shutdown):
+        shutdown()
+    del engine
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def vllm_answers(llm, tokenizer, conversations: Sequence[list[dict]], *, eos: set[int], max_new_tokens: int = 32,
