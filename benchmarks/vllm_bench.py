@@ -264,7 +264,11 @@ def static(args) -> dict:
         row.update(seconds=round(s, 3), recorded_tokens=rec_tokens, recorded_tok_s=round(rec_tokens / s, 1),
                    ms_per_decode_step_upper_bound=round(1000 * s / (args.static_batches * args.new_tokens), 2))
         if device.startswith("cuda"):
-            row.update(step_profiles(dec, args.prompt_len))
+            try:
+                row.update(step_profiles(dec, args.prompt_len))
+            except Exception as e:  # the timings above stand; say why the profile is missing
+                row["profile_error"] = f"{type(e).__name__}: {str(e)[:300]}"
+                traceback.print_exc()
         out["variants"][name] = row
         log("static", name, {k: v for k, v in row.items() if "profile" not in k})
         del dec
@@ -382,7 +386,11 @@ def exactness(args) -> dict:
             traceback.print_exc()
         out["dtypes"][dtype] = row
         log("exactness", dtype, {k: v for k, v in row.items() if k != "header_generation"})
-    out["patched_evaluation"] = patched_evaluation(args, folder, tok)
+    try:
+        out["patched_evaluation"] = patched_evaluation(args, folder, tok)
+    except Exception as e:
+        out["patched_evaluation"] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+        traceback.print_exc()
     return out
 
 
@@ -448,10 +456,13 @@ def sub_section(args, name: str, more: list[str] | None = None, timeout: float =
     cmd = [sys.executable, __file__, name, "--json", str(result)] + [a for a in _passthrough(args)] + (more or [])
     log("run", " ".join(cmd[2:]))
     t = time.perf_counter()
+    # Its own session: on timeout the whole group goes (vLLM's engine-core process too, with the card's memory).
+    proc = subprocess.Popen(cmd, start_new_session=True)
     try:
-        proc = subprocess.run(cmd, timeout=timeout)
-        rc = proc.returncode
+        rc = proc.wait(timeout=timeout)
     except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, 9)
+        proc.wait()
         rc = "timeout"
     seconds = round(time.perf_counter() - t, 1)
     if result.exists():
