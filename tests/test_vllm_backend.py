@@ -388,3 +388,53 @@ def test_r3_store_header_says_the_last_token_is_not_recorded():
     assert r3["generation_segment"] != GENERATION_SEGMENT == hooks["generation_segment"]
     assert r3["capture"] == "routed_experts" and (r3["temperature"], r3["top_p"], r3["seed"]) == (0.7, 0.9, 3)
     assert "seed + s" in r3["seeds"]
+
+
+def test_prefetch_generates_the_next_planned_batch_while_the_current_is_recorded():
+    from steermoe.routing.vllm_backend import _Prefetch
+
+    events: list = []
+
+    def generate(chunk, first):
+        events.append(("start", first))
+        time.sleep(0.05)
+        events.append(("end", first))
+        return [first] * len(chunk)
+
+    prefetch = _Prefetch(generate)
+    ids = [[i] for i in range(5)]
+    prefetch.plan([(0, 2), (2, 4), (4, 5)])
+    try:
+        assert prefetch.outputs(ids, ids[0:2], 0) == [0, 0]
+        time.sleep(0.15)  # "recording" batch 0: batch 1 generates meanwhile
+        assert ("end", 2) in events
+        assert prefetch.outputs(ids, ids[2:4], 2) == [2, 2]
+        assert prefetch.outputs(ids, ids[4:5], 4) == [4]
+    finally:
+        prefetch.close()
+    assert [e for e in events if e[0] == "start"] == [("start", 0), ("start", 2), ("start", 4)]  # each batch once
+
+
+def test_run_collection_announces_exactly_the_batches_it_runs(tmp_path):
+    from steermoe.routing.collect import run_collection
+    from steermoe.routing.records import SequenceRouting
+
+    asked, planned = [], []
+
+    def run_batch(chunk, first_seq):
+        asked.append((first_seq, first_seq + len(chunk)))
+        return [SequenceRouting(list(p), [9], "t", np.zeros((len(p), 1, 1), np.int16), np.zeros((1, 1, 1), np.int16)) for p in chunk]
+
+    import pandas as pd
+
+    rows = pd.DataFrame({"id": [f"p{i}" for i in range(7)], "label": "safe"})
+    ids = [[1, 2]] * 7
+    header = {"model": {"layers": [0], "num_experts": 2, "top_k": 1}}
+    kw = dict(batch_size=2, shard_sequences=3, progress=False, on_plan=planned.extend)
+    run_collection(rows, ids, tmp_path / "s", header, run_batch, **kw)
+    assert planned == asked == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 7)]
+    for lost in [*(tmp_path / "s").glob("shard-00001.*"), *(tmp_path / "s").glob("shard-00002.*")]:
+        lost.unlink()  # resume: only the shards missing from disk are planned (and run)
+    asked.clear(), planned.clear()
+    run_collection(rows, ids, tmp_path / "s", header, run_batch, **kw)
+    assert planned == asked == [(3, 5), (5, 6), (6, 7)]

@@ -117,11 +117,14 @@ def route_shard(
 def run_collection(
     prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, header: dict, run_batch: BatchFn, *,
     batch_size: int, shard_sequences: int, progress: bool = True, on_shard: Callable[[int], None] | None = None,
+    on_plan: Callable[[list[tuple[int, int]]], None] | None = None,
 ) -> RoutingStore:
     """Backend-independent driver: write every missing shard, then finish the manifest.
 
     A shard is encoded and written on a background thread while the next one is generated (Parquet encoding
     releases the GIL); at most one write is in flight, and ``on_shard`` runs once its shard is on disk.
+    ``on_plan`` receives, before the first batch, the ``(first_seq, stop)`` of every batch this run will ask
+    ``run_batch`` for, in order (a backend can then start generating the next batch early).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -136,6 +139,9 @@ def run_collection(
     bar.update(sum(min(shard_sequences, n - s * shard_sequences) for s in shards if s in done))
     started, state = time.perf_counter(), {"batch_size": batch_size, "tokens": 0}
     pending: list = []  # (shard index, future of its token count)
+    if on_plan:
+        todo = [shard_bounds(s, shard_sequences, n) for s in shards if s not in done]
+        on_plan([(b, min(b + batch_size, hi)) for lo, hi in todo for b in range(lo, hi, batch_size)])
 
     def write(s: int, lo: int, hi: int, routed: list) -> int:
         sequences, table = shard_tables(lo, rows[lo:hi], routed)

@@ -336,14 +336,15 @@ def vllm_generate_fn(llm, eos: set[int], max_new_tokens: int, *, do_sample=False
 def vllm_inline_batch(
     llm, capture: VLLMRoutingCapture | None, tokenizer, prompts: Sequence[Sequence[int]], eos: set[int], max_new_tokens: int,
     layers: Sequence[int], *, do_sample=False, temperature=1.0, top_p=1.0, seed=0, record_weights=False, norm_topk_prob=True,
+    outputs: list | None = None,
 ) -> list[SequenceRouting]:
-    """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts)."""
+    """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts).
+    ``outputs``: this batch's finished ``llm.generate`` outputs, when generated already (see :class:`_Prefetch`)."""
     n = max_new_tokens
     hooks = capture is not None
-    # Hooks: one token more than kept, so that every kept token has been fed through the model (see module doc).
-    # routed_experts: exactly n; the last one is never fed and so has no routing.
-    asked = n + 1 if hooks else n
-    outs = _generate(llm, prompts, lambda i: _sampling_params(asked, eos, do_sample, temperature, top_p, seed + i))
+    outs = outputs if outputs is not None else _generate_for_routing(
+        llm, prompts, eos, n, hooks, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+    )
     trimmed = [trim_generated(o.outputs[0].token_ids, eos, n) for o in outs]
     texts = tokenizer.batch_decode([gen for gen, _ in trimmed], skip_special_tokens=True)
     if not hooks:
@@ -370,6 +371,47 @@ def vllm_inline_batch(
             generated_logits=None if logits is None else logits[p:length].astype(np.float16),
         ))
     return result
+
+
+def _generate_for_routing(llm, prompts, eos: set[int], n: int, hooks: bool, *, do_sample, temperature, top_p, seed) -> list:
+    # Hooks: one token more than kept, so that every kept token has been fed through the model (see module doc).
+    # routed_experts: exactly n; the last one is never fed and so has no routing.
+    asked = n + 1 if hooks else n
+    return _generate(llm, prompts, lambda i: _sampling_params(asked, eos, do_sample, temperature, top_p, seed + i))
+
+
+class _Prefetch:
+    """Generates the next planned batch on a worker thread while the caller turns the current one into records and
+    the store writes the one before: the engine is never left idle between batches. routed_experts only (the engine
+    core runs in its own process; hooks record in this one and must not overlap batches)."""
+
+    def __init__(self, generate):
+        from concurrent.futures import ThreadPoolExecutor
+
+        self._generate = generate  # (prompts, first_seq) -> outputs
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-generate")
+        self._plan: list[tuple[int, int]] = []
+        self._ahead: dict[tuple[int, int], object] = {}  # (first_seq, stop) -> future
+
+    def plan(self, batches: list[tuple[int, int]]) -> None:
+        self._plan = list(batches)
+
+    def outputs(self, prompt_ids: Sequence[list[int]], chunk: list[list[int]], first_seq: int) -> list:
+        key = (first_seq, first_seq + len(chunk))
+        future = self._ahead.pop(key, None) or self._pool.submit(self._generate, chunk, first_seq)
+        if key in self._plan:  # start the next planned batch before waiting on this one
+            i = self._plan.index(key) + 1
+            if i < len(self._plan) and self._plan[i] not in self._ahead:
+                lo, hi = self._plan[i]
+                self._ahead[self._plan[i]] = self._pool.submit(self._generate, [list(p) for p in prompt_ids[lo:hi]], lo)
+        for stale in [k for k in self._ahead if k[0] < first_seq]:  # a plan the run left (batch halved): drop it
+            self._ahead.pop(stale).cancel()
+        return future.result()
+
+    def close(self) -> None:
+        for future in self._ahead.values():
+            future.cancel()
+        self._pool.shutdown(wait=True)
 
 
 def r3_routing(
@@ -570,11 +612,16 @@ def collect_routing_vllm_ids(
         "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
     }
     norm = bool(getattr(config, "norm_topk_prob", True))
+    sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p)
+    prefetch = None if hooks is not None else _Prefetch(
+        lambda chunk, first: _generate_for_routing(llm, chunk, eos, max_new_tokens, False, seed=seed + first, **sampling)
+    )
 
     def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
+        outputs = prefetch.outputs(prompt_ids, chunk, first_seq) if prefetch is not None else None
         routed = vllm_inline_batch(
-            llm, hooks, tokenizer, chunk, eos, max_new_tokens, layers, do_sample=do_sample, temperature=temperature,
-            top_p=top_p, seed=seed + first_seq, record_weights=record_weights, norm_topk_prob=norm,
+            llm, hooks, tokenizer, chunk, eos, max_new_tokens, layers, seed=seed + first_seq, record_weights=record_weights,
+            norm_topk_prob=norm, outputs=outputs, **sampling,
         )
         if hooks is not None:
             hooks.clear()
@@ -585,10 +632,12 @@ def collect_routing_vllm_ids(
 
     try:
         return run_collection(
-            prompts_df, prompt_ids, out_dir, header, run_batch,
-            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
+            prompts_df, prompt_ids, out_dir, header, run_batch, batch_size=batch_size, shard_sequences=shard_sequences,
+            progress=progress, on_shard=on_shard, on_plan=prefetch.plan if prefetch is not None else None,
         )
     finally:
+        if prefetch is not None:
+            prefetch.close()
         if hooks is not None:
             llm.collective_rpc(hooks.remove)
 
