@@ -76,6 +76,9 @@ def _prepare_env(hooks: bool = True) -> None:
     # CPU builds size their KV cache from this (GiB); a small default leaves memory to everything else.
     os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", "1")
     if not hooks:  # routed_experts comes back with the outputs: the engine core may run in its own process
+        # Started by spawn, not fork: a process that has touched CUDA (a loaded HF model, a test session) cannot fork
+        # a CUDA-using child ("Cannot re-initialize CUDA in forked subprocess", seen on the H200).
+        os.environ.setdefault("VLLM_WORKER_MULTIPROC_METHOD", "spawn")
         return
     # The engine core must run in this process for hooks to see the model; vLLM reads this at import.
     os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
