@@ -192,6 +192,11 @@ class EvaluationConfig(Section):
     judges: list[str] = Field(default_factory=lambda: ["string_match"], description="Judges to run; the first decides the metrics.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per evaluation prompt.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf",
+        description="Who writes the answers: 'hf' (transformers generate) or 'vllm' (a fine-tuned model is merged into a folder "
+        "once and vLLM answers from it; judging, utility and drift still run on the HF model; local execution only).",
+    )
     bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     steering: bool = Field(True, description="Also evaluate SteerMoE-style inference-time steering.")
     llm_judge_url: str | None = Field(None, description="OpenAI-compatible endpoint for the 'llm' judge.")

@@ -17,7 +17,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from steermoe.errors import ConfigError, ValidationFailed
+from steermoe.errors import ConfigError, InputError, ValidationFailed
 
 __all__ = [
     "load_prompt_set",
@@ -325,6 +325,11 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     from steermoe.selection import ExpertSelection
 
     ev, m = cfg.evaluation, cfg.model
+    if ev.backend == "vllm" and cfg.execution.uses_ray("evaluation"):
+        raise InputError(
+            "evaluation.backend: vllm answers in this process (vLLM spreads over GPUs itself); drop 'evaluation' from "
+            "execution.stages, or set evaluation.backend: hf"
+        )
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompt_snapshot(prompts_path, ev.split)
@@ -332,24 +337,31 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     def base():
         return load_pretrained(m, model_path)
 
-    def trained(weights_path, patch, training):
+    answer_for = None  # evaluation.backend vllm: vLLM answers (patched models from a merged folder), HF scores
+    if ev.backend == "vllm":
+        from steermoe.evaluation.vllm_generation import stage_answer_fns
+
+
+        answer_for = stage_answer_fns(cfg, model_path, out / "merged")
+
+    def trained(weights_path, patch, training, name):
         # Every model answers through the base tokenizer (a merged folder may have none of its own).
         def load():
             return load_pretrained(m, weights_path, patch=patch, tokenizer=False).model, load_pretrained(m, model_path, weights=False).tokenizer
 
-        return ModelEntry(load, training=training)
+        return ModelEntry(load, training=training, answer=answer_for(weights_path, patch, name) if answer_for else None)
 
-    entries: dict = {"base": base}
+    entries: dict = {"base": ModelEntry(load=base, answer=answer_for(model_path, None, "base") if answer_for else None)}
     if ev.steering:
         steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
         entries["steered"] = ModelEntry(load=base, steering=steering, epsilon=ev.steering_epsilon)
-    entries[CANDIDATE] = trained(model_path, finetune["patch_path"], finetune.get("metrics"))
+    entries[CANDIDATE] = trained(model_path, finetune["patch_path"], finetune.get("metrics"), CANDIDATE)
     baselines = finetune.get("baselines", {})
     if "random" in baselines:
-        entries["random"] = trained(model_path, baselines["random"]["patch_path"], baselines["random"].get("metrics"))
+        entries["random"] = trained(model_path, baselines["random"]["patch_path"], baselines["random"].get("metrics"), "random")
     if "full" in baselines:
         full = baselines["full"]
-        entries["full"] = trained(full["merged_path"], None, full.get("metrics"))
+        entries["full"] = trained(full["merged_path"], None, full.get("metrics"), "full")
     generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
     with _model_opener(cfg.execution) as open_model:
         result = compare_models(

@@ -20,16 +20,17 @@ MAX_NEW_TOKENS = 12
 _SCRIPT = r"""
 import json, sys
 args = json.loads(sys.argv[1])
+from steermoe.config import RunConfig
 from steermoe.demo.prompt_sets import load_demo_prompts
-from steermoe.evaluation.vllm_generation import vllm_answer_fn
-from steermoe.modeling import load_tokenizer
+from steermoe.evaluation.vllm_generation import stage_answer_fns
 from steermoe.prompts import to_messages
 rows = load_demo_prompts(split="eval").head(args["n"]).to_dict("records")
-out = {}
-for name, path in args["models"].items():
-    answer = vllm_answer_fn(path, load_tokenizer(path), batch_size=4, max_new_tokens=args["max_new_tokens"])
-    out[name] = answer([to_messages(r) for r in rows], {"enable_thinking": False}).generated_token_ids
-print("ANSWERS " + json.dumps(out))
+cfg = RunConfig.model_validate({"model": {"dtype": "float32"}, "evaluation": {"backend": "vllm", "batch_size": 4,
+                                "max_new_tokens": args["max_new_tokens"]}})
+# The evaluation stage's path: the patched entry is merged when it first answers, with the base tokenizer.
+answer = stage_answer_fns(cfg, args["base"], args["merged_dir"])(args["base"], args["patch"], "candidate")
+out = answer([to_messages(r) for r in rows], {"enable_thinking": False}).generated_token_ids
+print("ANSWERS " + json.dumps({"patched": out}))
 """
 
 
@@ -109,7 +110,8 @@ def test_vllm_answers_of_the_patched_model_equal_hf_patched(patched):
 
     base, patch, merged = patched
     n = 6
-    args = {"models": {"patched": str(merged)}, "n": n, "max_new_tokens": MAX_NEW_TOKENS}
+    args = {"base": str(base), "patch": str(patch), "merged_dir": str(merged.parent / "stage-merged"), "n": n,
+            "max_new_tokens": MAX_NEW_TOKENS}
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     proc = subprocess.run([sys.executable, "-c", _SCRIPT, json.dumps(args)], capture_output=True, text=True, timeout=420, env=env, cwd=ROOT)
     assert proc.returncode == 0, f"vLLM subprocess failed:\n{proc.stderr[-4000:]}"
@@ -119,3 +121,14 @@ def test_vllm_answers_of_the_patched_model_equal_hf_patched(patched):
     hf_base = _hf_answers(load_model(base, dtype="float32", device="cpu"), tok, n)
     assert answers["patched"] == hf_patched  # token for token (the base's own agreement: test_vllm_backend.py)
     assert hf_patched != hf_base, "the patch must change the answers, or this test proves nothing"
+
+
+def test_vllm_evaluation_refuses_ray_execution(tmp_path):
+    from steermoe.config import RunConfig
+    from steermoe.errors import InputError
+    from steermoe.stages import evaluate_stage
+
+    cfg = RunConfig.model_validate({"evaluation": {"backend": "vllm"}, "execution": {"executor": "ray", "stages": ["evaluation"]}})
+    with pytest.raises(InputError, match="evaluation.backend: vllm"):
+        evaluate_stage(cfg, "unused", "unused", "unused", {}, tmp_path / "eval")
+    assert not (tmp_path / "eval").exists()

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from steermoe.errors import InputError
 
-__all__ = ["merged_patched_folder", "vllm_engine", "vllm_answers", "vllm_answer_fn"]
+__all__ = ["merged_patched_folder", "vllm_engine", "vllm_answers", "vllm_answer_fn", "stage_answer_fns"]
 
 MARKER = "steermoe-merge.json"
 
@@ -130,3 +130,25 @@ def vllm_answer_fn(model_path: str | Path, tokenizer, *, dtype: str = "float32",
                                 chat_template_kwargs=chat_template_kwargs, **sampling)
 
     return answer
+
+
+def stage_answer_fns(cfg, base_path: str | Path, merged_dir: str | Path):
+    """For the evaluation stage with ``evaluation.backend: vllm``: ``answer_for(weights_path, patch, name)`` gives
+    an entry's ``answer``. A patched entry is merged (once) under ``merged_dir/<name>`` when it is first asked to
+    answer; every engine reads the base model's tokenizer, so a merged folder without one works too."""
+    from steermoe.modeling import load_tokenizer
+
+    ev, m = cfg.evaluation, cfg.model
+    dtype = m.dtype if m.dtype in ("float32", "bfloat16", "float16") else "auto"
+    tokenizer = load_tokenizer(base_path, trust_remote_code=m.trust_remote_code)
+    extra = {"tokenizer": str(base_path), "trust_remote_code": m.trust_remote_code}
+
+    def answer_for(weights_path: str | Path, patch: str | Path | None, name: str):
+        def answer(conversations, chat_template_kwargs=None):
+            folder = merged_patched_folder(weights_path, patch, Path(merged_dir) / name, dtype=dtype) if patch else Path(weights_path)
+            run = vllm_answer_fn(folder, tokenizer, dtype=dtype, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, extra=extra)
+            return run(conversations, chat_template_kwargs)
+
+        return answer
+
+    return answer_for
