@@ -406,7 +406,9 @@ def test_prefetch_generates_the_next_planned_batch_while_the_current_is_recorded
     prefetch.plan([(0, 2), (2, 4), (4, 5)])
     try:
         assert prefetch.outputs(ids, ids[0:2], 0) == [0, 0]
-        time.sleep(0.15)  # "recording" batch 0: batch 1 generates meanwhile
+        deadline = time.perf_counter() + 5  # "recording" batch 0: batch 1 generates meanwhile, unasked
+        while ("end", 2) not in events and time.perf_counter() < deadline:
+            time.sleep(0.01)
         assert ("end", 2) in events
         assert prefetch.outputs(ids, ids[2:4], 2) == [2, 2]
         assert prefetch.outputs(ids, ids[4:5], 4) == [4]
