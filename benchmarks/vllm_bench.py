@@ -112,7 +112,7 @@ def throughput_engine(args) -> dict:
     n = args.new_tokens
     out: dict = {"kind": args.kind, "startup_s": round(startup, 1), "batches": {}}
     for b in batches:
-        prompts = random_prompts(2 * b, args.prompt_len, vocab, seed=b)
+        prompts = random_prompts(args.rounds * b, args.prompt_len, vocab, seed=b)  # `rounds` batches of b
         row: dict = {"prompts": len(prompts)}
         params = lambda i: _sampling_params(n, eos, False, 1.0, 1.0, 0)  # noqa: E731 (the backend's own params)
         _generate(llm, prompts[:16], params)  # warm-up
@@ -493,6 +493,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="128,256,512")
     ap.add_argument("--kind", default="plain")
+    ap.add_argument("--rounds", type=int, default=2, help="Throughput: batches per size (the last shard's write overlaps nothing).")
     ap.add_argument("--eager", action="store_true", help="Throughput engines without CUDA graphs / compile (CPU smoke).")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--capture-sizes", default="1,2,4,8,16,32,64,128,256,512", help="CUDA-graph batch sizes ('' : vLLM's default).")
