@@ -243,7 +243,7 @@ class ExecutionConfig(Section):
 
     executor: Literal["local", "ray"] = Field("local", description="'local': in this process; 'ray': shards spread over Ray workers (needs the [ray] extra).")
     ray_address: str | None = Field(
-        None, description="Ray cluster to join ('auto', 'head-host:6379' or 'ray://head-host:10001'); empty: start a local Ray instance for the run."
+        None, description="Ray cluster to join ('auto', 'head-host:6379' or 'ray://head-host:10001'); empty: $RAY_ADDRESS, else a local Ray instance started for the run."
     )
     num_workers: int = Field(2, ge=1, description="Ray workers (actors); each loads the model once and keeps it for its shards.")
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs each worker reserves (1 for one model copy per GPU; 0 on CPU).")

@@ -78,15 +78,15 @@ def ray_cluster(execution_cfg) -> Iterator[Any]:
     ray = _ray()
     started = False
     if not ray.is_initialized():
-        address = execution_cfg.ray_address
+        address = execution_cfg.ray_address or os.environ.get("RAY_ADDRESS") or None  # Ray's own variable, as `ray.init` reads it
         options: dict[str, Any] = {"include_dashboard": False, "logging_level": logging.WARNING}
-        if not address:
-            need = execution_cfg.num_workers * execution_cfg.cpus_per_worker
-            options["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
         if address:
             _check_reachable(address)
+        else:  # a local instance with room for every worker (Ray would otherwise wait forever for CPUs)
+            need = execution_cfg.num_workers * execution_cfg.cpus_per_worker
+            options["num_cpus"] = max(os.cpu_count() or 1, int(need + 0.999))
         try:
-            ray.init(address=address or None, **options)
+            ray.init(address=address, **options)
         except ConnectionError as e:
             raise ConfigError(f"execution.ray_address: cannot reach a Ray cluster at {address!r} ({str(e).splitlines()[0]}); start one with `ray start --head`") from None
         started = True
