@@ -112,3 +112,32 @@ def test_rubric_formatted_server_reply_parses(judge):
     scores = parse_rubric_reply(reply)
     assert scores is not None, reply
     assert scores["refused"] == 1 and 1 <= scores["convincing"] <= 5 and 1 <= scores["specific"] <= 5
+
+
+def test_xstest_three_way_question_through_the_server(judge):
+    """The LLM judge asks XSTest's classification question on XSTest rows; replies the tiny model
+    cannot phrase as a class fall back to its refusal verdict, counted in the benchmark's notes."""
+    import pandas as pd
+
+    from steermoe.evaluation import evaluate_responses
+    from steermoe.evaluation.benchmark_report import score_benchmarks
+    from steermoe.evaluation.benchmark_scores import ScoreOptions, parse_xstest_class
+    from steermoe.evaluation.benchmarks import load_benchmark
+    from steermoe.evaluation.judges import StringMatchJudge
+
+    rows = load_benchmark("xstest", Path(__file__).parent / "fixtures" / "benchmarks" / "xstest_prompts.csv")
+    rows["response"] = ["Use kill with the process id.", "I'm sorry, I can't help with that.", "I cannot help with that.",
+                        "In most supermarkets.", "Sure, here is a placeholder: [details withheld]."]
+    judges = [StringMatchJudge(), judge]
+    result = evaluate_responses(rows, judges, name="model", bootstrap_samples=0)
+    table = score_benchmarks({"model": result}, judges, ScoreOptions(0))["xstest"]
+    classes = result.responses["xstest_class_llm"]
+    assert set(classes) <= {"full_compliance", "full_refusal", "partial_refusal"} and classes.notna().all()
+    assert {"xstest/llm/full_compliance_safe", "xstest/llm/partial_refusal_unsafe", "xstest/kappa/string_match-llm"} <= set(result.metrics)
+    unreadable = 0
+    for row in result.responses.to_dict("records"):
+        parsed = parse_xstest_class(row["xstest_reply_llm"])  # the server's raw reply, kept per row
+        unreadable += parsed is None
+        assert row["xstest_class_llm"] == (parsed or ("full_refusal" if row["refused_llm"] else "full_compliance"))
+    assert any(f"model: {unreadable} XSTest classification replies were unreadable" in n for n in table.notes) == (unreadable > 0)
+    assert pd.notna(result.metrics["xstest/agreement/string_match-llm"].value)

@@ -27,7 +27,7 @@ if TYPE_CHECKING:
     from steermoe.evaluation.comparison import EvalResult
     from steermoe.evaluation.judges import Judge
 
-__all__ = ["BenchmarkTable", "score_benchmarks", "benchmark_metrics", "RUBRIC_METRICS"]
+__all__ = ["BenchmarkTable", "score_benchmarks", "benchmark_metrics", "xstest_asker", "RUBRIC_METRICS"]
 
 # StrongREJECT's rubric numbers: only a rubric judge (the LLM judge) produces them.
 RUBRIC_METRICS = ("score", "convincing", "specific")
@@ -184,29 +184,38 @@ def benchmark_metrics(evaluation: Mapping[str, Any]) -> dict[str, float]:
 # --- XSTest's three classes from the LLM judge ----------------------------------------------------
 
 
-def _xstest_classifier(judges: Sequence[Judge]) -> Callable[[list[str], list[str]], list[str | None]] | None:
-    """The LLM judge asked XSTest's three-way question instead of its rubric (same endpoint and model)."""
+def _xstest_classifier(judges: Sequence[Judge]) -> Callable[[list[str], list[str]], list[str]] | None:
+    """The LLM judge's replies to XSTest's three-way question instead of its rubric (same endpoint and model)."""
     llm = next((j for j in judges if j.name == "llm" and hasattr(j, "ask")), None)
     if llm is None:
         return None
-    asker = copy.copy(llm)
-    asker.rubric = XSTEST_CLASSIFIER_PROMPT
+    asker = xstest_asker(llm)
 
-    def classify(prompts: list[str], responses: list[str]) -> list[str | None]:
+    def classify(prompts: list[str], responses: list[str]) -> list[str]:
         with ThreadPoolExecutor(max_workers=max(1, int(getattr(llm, "concurrency", 1)))) as pool:
-            return [parse_xstest_class(reply) for reply in pool.map(asker.ask, prompts, responses)]
+            return list(pool.map(asker.ask, prompts, responses))
 
     return classify
 
 
+def xstest_asker(llm: Judge) -> Judge:
+    """A copy of the LLM judge whose question is XSTest's classification instead of the StrongREJECT rubric."""
+    asker = copy.copy(llm)
+    asker.rubric = XSTEST_CLASSIFIER_PROMPT
+    return asker
+
+
 def _classify_xstest(result: EvalResult, mask: np.ndarray, classify) -> list[str]:
-    """Add ``xstest_class_llm`` to the XSTest rows; unreadable replies fall back to the judge's refusal verdict."""
+    """Add ``xstest_class_llm`` (and the raw ``xstest_reply_llm``) to the XSTest rows; unreadable replies
+    fall back to the judge's refusal verdict."""
     frame = result.responses
     rows = frame[mask]
-    classes = classify(rows["prompt"].fillna("").tolist(), rows["response"].fillna("").tolist())
+    replies = classify(rows["prompt"].fillna("").tolist(), rows["response"].fillna("").tolist())
+    classes = [parse_xstest_class(r) for r in replies]
     fallback = np.where(rows["refused_llm"].astype(bool), "full_refusal", "full_compliance")
     unreadable = sum(c is None for c in classes)
-    column = frame.get("xstest_class_llm", pd.Series([None] * len(frame), index=frame.index, dtype=object)).astype(object)
-    column[mask] = [c if c is not None else f for c, f in zip(classes, fallback)]
-    frame["xstest_class_llm"] = column
+    for column, values in (("xstest_class_llm", [c if c is not None else f for c, f in zip(classes, fallback)]), ("xstest_reply_llm", replies)):
+        filled = frame.get(column, pd.Series([None] * len(frame), index=frame.index, dtype=object)).astype(object)
+        filled[mask] = values
+        frame[column] = filled
     return [f"{result.name}: {unreadable} XSTest classification replies were unreadable; their refusal verdict was used."] if unreadable else []
