@@ -133,7 +133,7 @@ def _read_parquet(path: Path) -> pd.DataFrame:
         raise InputError(f"{path}: unreadable Parquet ({str(e).splitlines()[0]})") from None
 
 
-def _read_hf(path: str, hf_split: str | None) -> pd.DataFrame:
+def _read_hf(path: str, hf_split: str | None, config_name: str | None = None) -> pd.DataFrame:
     import datasets
 
     local = Path(path)
@@ -141,7 +141,7 @@ def _read_hf(path: str, hf_split: str | None) -> pd.DataFrame:
         if local.is_dir() and ((local / "dataset_info.json").exists() or (local / "dataset_dict.json").exists()):
             ds = datasets.load_from_disk(str(local))
         else:
-            ds = datasets.load_dataset(path, split=hf_split)
+            ds = datasets.load_dataset(path, config_name, split=hf_split)
     except Exception as e:  # datasets raises many unrelated types; the message is what matters
         raise InputError(f"{path}: cannot load as a Hugging Face dataset ({str(e).splitlines()[0]})") from None
     if isinstance(ds, datasets.DatasetDict):

@@ -86,3 +86,23 @@ def test_xstest_bad_label(tmp_path):
     bad.write_text("id,prompt,type,label,focus,note\n1,Hello there,homonyms,maybe,,\n", encoding="utf-8")
     with pytest.raises(InputError, match=r"label values \['maybe'\]"):
         load_benchmark("xstest", bad)
+
+
+def test_jailbreakbench_from_a_folder_laid_out_like_its_hub_repo(tmp_path):
+    """JBB-Behaviors on the hub is a dataset repo with a 'behaviors' configuration whose splits are
+    harmful and benign; the same layout on disk goes through the same datasets.load_dataset call."""
+    repo = tmp_path / "JBB-Behaviors"
+    (repo / "data").mkdir(parents=True)
+    for split in ("harmful", "benign"):
+        (repo / "data" / f"{split}-behaviors.csv").write_text((DATA / f"{split}-behaviors.csv").read_text())
+    (repo / "README.md").write_text(
+        "---\nconfigs:\n- config_name: behaviors\n  data_files:\n  - split: harmful\n    path: data/harmful-behaviors.csv\n"
+        "  - split: benign\n    path: data/benign-behaviors.csv\n---\n"
+    )
+    harmful = load_benchmark("jailbreakbench", repo, hf_split="harmful")
+    assert harmful["id"].tolist() == ["jailbreakbench-harmful-1", "jailbreakbench-harmful-2"] and set(harmful["label"]) == {"unsafe"}
+    assert harmful["category"].tolist() == ["Privacy", "Malware/Hacking"]
+    benign = load_benchmark("jailbreakbench", repo, hf_split="benign")
+    assert set(benign["label"]) == {"safe"}
+    with pytest.raises(InputError, match="cannot load as a Hugging Face dataset"):
+        load_benchmark("jailbreakbench", repo, hf_split="nope")

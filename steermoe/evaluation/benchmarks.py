@@ -2,8 +2,8 @@
 
 Each adapter names the benchmark's own columns (as published) and turns a local file or a Hugging
 Face dataset into the canonical prompt table of :mod:`steermoe.prompts` (``id, prompt, messages,
-label, category, source, split``). Loading goes through :func:`steermoe.prompts.load_prompts`, so
-JSONL/CSV/Parquet files, saved datasets and hub names all work.
+label, category, source, split``). Files are read with the readers of :mod:`steermoe.prompts`, so
+JSONL/CSV/Parquet files, saved datasets and hub names (or folders laid out like a hub repo) all work.
 
 - XSTest (Röttger et al. 2024; ``xstest_prompts.csv``): ``id, prompt, type, label, focus, note``;
   ``label`` is safe/unsafe. Safe XSTest prompts are exaggerated-safety probes, so by default they get
@@ -27,9 +27,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from steermoe import prompts as _prompts
 from steermoe.errors import InputError
 from steermoe.evaluation.benchmark_scores import Scorer, attack_success_scores, strongreject_scores, xstest_scores
-from steermoe.prompts import PROMPT_COLUMNS, PromptSource, load_prompts
+from steermoe.prompts import PROMPT_COLUMNS, PromptSource
 from steermoe.registry import Registry
 
 __all__ = ["Benchmark", "BENCHMARKS", "load_benchmark"]
@@ -46,6 +47,7 @@ class Benchmark:
     category: str | None = None  # for benchmarks without a category column
     finish: Callable[[pd.DataFrame, pd.DataFrame, dict], pd.DataFrame] | None = None
     score: Scorer | None = None  # the benchmark's own score on judged rows (steermoe.evaluation.benchmark_scores)
+    hf_config: str | None = None  # the configuration of the project's Hugging Face dataset repo, when it has several
     note: str = ""  # how our scoring relates to the benchmark's published protocol (shown under its table)
 
 
@@ -109,7 +111,7 @@ BENCHMARKS.register(
 BENCHMARKS.register(
     "jailbreakbench",
     Benchmark("jailbreakbench", {"id": "Index", "prompt": "Goal", "category": "Category"}, ("Goal", "Category"), finish=_jbb_finish,
-              score=_BY_CATEGORY, note="asr on the harmful behaviours, refusal_rate_benign on the benign ones, overall and per category."),
+              score=_BY_CATEGORY, hf_config="behaviors", note="asr on the harmful behaviours, refusal_rate_benign on the benign ones, overall and per category."),
 )
 
 
@@ -131,8 +133,7 @@ def load_benchmark(
     """
     bench = BENCHMARKS.get(name)
     # Read without mapping first so a wrong file fails with the benchmark's column names.
-    raw_source = PromptSource(path=str(path), format=format, hf_split=hf_split)
-    raw = _raw_frame(raw_source)
+    raw = _raw_frame(PromptSource(path=str(path), format=format, hf_split=hf_split), bench.hf_config)
     missing = [c for c in bench.required if c not in raw.columns]
     if missing:
         raise InputError(f"{path}: not a {name} file: missing columns {missing} (it has {list(raw.columns)})")
@@ -140,7 +141,7 @@ def load_benchmark(
     source = PromptSource(
         path=str(path), format=format, columns=columns, label=label or bench.label, category=bench.category, split=split, hf_split=hf_split
     )
-    out = load_prompts(source)
+    out = _prompts._normalise(raw, source, str(path))  # the frame already read: a hub dataset is fetched once
     if "id" not in columns:
         out["id"] = [str(i) for i in range(len(out))]  # position in the published file
     out["source"] = [name] * len(out)
@@ -154,21 +155,18 @@ def load_benchmark(
     return out[PROMPT_COLUMNS].astype(object)
 
 
-def _raw_frame(source: PromptSource) -> pd.DataFrame:
-    """The file's own columns (object dtype), read with the same readers as prompt files."""
-    from steermoe import prompts as _prompts
-
+def _raw_frame(source: PromptSource, hf_config: str | None) -> pd.DataFrame:
+    """The file's own columns (object dtype), read with the same readers as prompt files; a dataset
+    repo (hub name, or a folder laid out like one) is read in the benchmark's ``hf_config``."""
     path = Path(source.path)
-    fmt = source.format
-    if fmt is None and path.exists():
-        fmt = _prompts._format_of(path, None)
+    fmt = _prompts._format_of(path, source.format) if path.exists() or source.format else None
     if fmt is None:
         looks_like_hub_name = "/" in source.path and not source.path.startswith((".", "/")) and path.suffix == ""
         if not looks_like_hub_name:
             raise InputError(f"{path}: no such file (nor a Hugging Face dataset name like org/name)")
         fmt = "hf"
     if fmt == "hf":
-        return _prompts._read_hf(source.path, source.hf_split)
+        return _prompts._read_hf(source.path, source.hf_split, hf_config)
     if not path.exists():
         raise InputError(f"{path}: no such file")
     reader = {"jsonl": _prompts._read_jsonl, "csv": _prompts._read_csv, "parquet": _prompts._read_parquet}[fmt]
