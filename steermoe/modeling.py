@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -187,19 +188,51 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "auto", t
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """Hash of the model's config and weight files: the identity caches and patches key on."""
-    path = Path(path)
-    digest = hashlib.sha256()
+    """Hash of the model's config and weight files: the identity caches and patches key on.
+
+    Hashing every weight byte takes minutes on a 60 GB model, so the result is kept per folder (in
+    ``<cache dir>/fingerprints/``) with the size and mtime of each weight file, and reused while
+    those are unchanged; any change re-hashes every byte. The value is the full hash either way."""
+    path = Path(path).resolve()
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
-    digest.update(json.dumps(config, sort_keys=True).encode())
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
         raise InputError(f"{path}: no weight files (*.safetensors) found")
-    for w in weights:
-        digest.update(w.name.encode())
-        with open(w, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 22), b""):
-                digest.update(chunk)
+    config_text = json.dumps(config, sort_keys=True)
+    stamp = [[w.name, w.stat().st_size, w.stat().st_mtime_ns] for w in weights]
+    memo = _fingerprint_memo(path)
+    try:
+        known = json.loads(memo.read_text(encoding="utf-8"))
+        if known["config"] == config_text and known["weights"] == stamp:
+            return known["fingerprint"]
+    except (OSError, ValueError, KeyError, TypeError):
+        pass  # no memo, or an unreadable one: hash
+    fingerprint = _hash_model_files(config_text, weights)
+    memo.parent.mkdir(parents=True, exist_ok=True)
+    tmp = memo.with_name(f".{memo.name}.{os.getpid()}")
+    tmp.write_text(json.dumps({"path": str(path), "config": config_text, "weights": stamp, "fingerprint": fingerprint}), encoding="utf-8")
+    os.replace(tmp, memo)
+    return fingerprint
+
+
+def _fingerprint_memo(path: Path) -> Path:
+    from steermoe.config import default_cache_dir
+
+    return default_cache_dir() / "fingerprints" / f"{hashlib.sha256(str(path).encode()).hexdigest()[:24]}.json"
+
+
+def _hash_model_files(config_text: str, weights: list[Path]) -> str:
+    from tqdm.auto import tqdm
+
+    digest = hashlib.sha256(config_text.encode())
+    total = sum(w.stat().st_size for w in weights)
+    with tqdm(total=total, unit="B", unit_scale=True, desc="fingerprinting weights", disable=total < (1 << 30)) as bar:
+        for w in weights:
+            digest.update(w.name.encode())
+            with open(w, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 22), b""):
+                    digest.update(chunk)
+                    bar.update(len(chunk))
     return digest.hexdigest()[:16]
 
 

@@ -35,9 +35,9 @@ def publish_validation_report(report: dict, limit: int = 100) -> None:
 def publish_risk_table(record: dict, limit: int = 50) -> None:
     import pandas as pd
 
-    table = pd.read_parquet(record["table_path"])
-    value = "risk_difference" if "risk_difference" in table.columns else table.columns[-1]
-    create_table_artifact(_rows(table.sort_values(value, ascending=False), limit), key="risk-table", description=f"Top {limit} experts by {value}")
+    table = pd.read_parquet(record["table_path"])  # columns: steermoe.analysis.risk_difference
+    top = table.sort_values("risk_diff", ascending=False)
+    create_table_artifact(_rows(top, limit), key="risk-table", description=f"Top {limit} experts by risk difference (unsafe - safe routing rate)")
 
 
 def publish_selection(record: dict) -> None:

@@ -127,6 +127,10 @@ def test_the_run_publishes_its_tables_as_prefect_artifacts(world, first_run):
         latest = {a.key: a for a in client.read_latest_artifacts()}
     assert {"validation-report", "risk-table", "expert-selection", "comparison"} <= set(latest)
     assert latest["risk-table"].type == "table" and "risk_diff" in str(latest["risk-table"].data)
+    risk_rows = latest["risk-table"].data
+    risk_rows = json.loads(risk_rows) if isinstance(risk_rows, str) else risk_rows
+    assert [r["risk_diff"] for r in risk_rows] == sorted((r["risk_diff"] for r in risk_rows), reverse=True)
+    assert latest["risk-table"].description.startswith("Top 50 experts by risk difference")
     assert "L" in str(latest["expert-selection"].data) and "finetuned" in str(latest["comparison"].data)
 
 

@@ -94,3 +94,17 @@ def test_import_table_cli(steermoe_df, tmp_path, capsys):
     evil.write_bytes(pickle.dumps(_RunsCode(tmp_path / "marker")))
     assert run_app(["import-table", str(evil), "--out", str(tmp_path / "x.parquet")]) == 2
     assert "refused to unpickle" in capsys.readouterr().err and not (tmp_path / "marker").exists()
+
+
+def test_bracketed_names_in_printed_paths_survive(steermoe_df, tmp_path, capsys):
+    """Rich markup must not read ``[safety]`` in a file name as a style tag (and drop it)."""
+    from steermoe.cli import run_app
+
+    name = "activations_[Qwen--Qwen3-30B-A3B]_[safety]"
+    steermoe_df.to_pickle(tmp_path / f"{name}.pkl")
+    out = tmp_path / f"{name}.parquet"
+    assert run_app(["import-table", str(tmp_path / f"{name}.pkl"), "--out", str(out)]) == 0
+    printed = capsys.readouterr().out.replace("\n", "")
+    assert f"{name}.parquet" in printed and f"imported {name}.pkl" in printed
+    assert run_app(["import-table", str(tmp_path / f"missing_{name}.pkl"), "--out", str(out)]) == 2
+    assert f"missing_{name}.pkl" in capsys.readouterr().err.replace("\n", "")

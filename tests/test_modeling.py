@@ -69,3 +69,30 @@ def test_a_registered_source_resolves_through_the_same_door(tiny_demo_model, tmp
 def test_a_missing_folder_names_the_known_sources(tmp_path):
     with pytest.raises(InputError, match="'demo'"):
         resolve_model_path(ModelConfig(source=str(tmp_path / "nope")))
+
+
+def test_the_fingerprint_is_hashed_once_and_rehashed_when_a_weight_file_changes(tiny_demo_model, tmp_path, monkeypatch):
+    import hashlib
+    import os
+
+    from steermoe import modeling
+
+    monkeypatch.setenv("STEERMOE_CACHE", str(tmp_path / "cache"))
+    folder = tmp_path / "model"
+    shutil.copytree(tiny_demo_model, folder)
+    weights = sorted(folder.glob("*.safetensors"))
+    expected = hashlib.sha256(json.dumps(json.loads((folder / "config.json").read_text()), sort_keys=True).encode())
+    for w in weights:
+        expected.update(w.name.encode() + w.read_bytes())
+    hashed = []
+    real = modeling._hash_model_files
+    monkeypatch.setattr(modeling, "_hash_model_files", lambda *a: hashed.append(1) or real(*a))
+
+    first = modeling.model_fingerprint(folder)
+    assert first == expected.hexdigest()[:16] and modeling.model_fingerprint(folder) == first and len(hashed) == 1
+    os.utime(weights[0], ns=(weights[0].stat().st_atime_ns, weights[0].stat().st_mtime_ns + 10**9))
+    assert modeling.model_fingerprint(folder) == first and len(hashed) == 2  # touched: hashed again, same bytes
+    data = bytearray(weights[0].read_bytes())
+    data[-1] ^= 1
+    weights[0].write_bytes(bytes(data))
+    assert modeling.model_fingerprint(folder) != first and len(hashed) == 3

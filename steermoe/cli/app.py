@@ -7,6 +7,7 @@ import sys
 import click
 import typer
 from rich.console import Console
+from rich.text import Text
 
 from steermoe.errors import SteerMoEError
 
@@ -22,8 +23,10 @@ app = typer.Typer(
 config_app = typer.Typer(help="Inspect run configurations.", no_args_is_help=True)
 app.add_typer(config_app, name="config")
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup: what we print is data (paths like ``activations_[model]_[safety].parquet``), never style
+# tags; styles are given as arguments instead.
+console = Console(markup=False)
+err_console = Console(stderr=True, markup=False)
 
 
 def run_app(argv: list[str] | None = None) -> int:
@@ -31,7 +34,7 @@ def run_app(argv: list[str] | None = None) -> int:
     try:
         result = app(args=argv, standalone_mode=False, prog_name="steermoe")
     except SteerMoEError as e:
-        err_console.print(f"[bold red]error:[/] {e}", highlight=False, soft_wrap=True)
+        err_console.print(Text.assemble(("error:", "bold red"), f" {e}"), highlight=False, soft_wrap=True)
         return e.exit_code
     except click.exceptions.Abort:
         err_console.print("aborted")

@@ -45,15 +45,18 @@ def _check_rows(prompts, v) -> None:
 
 
 def metrics_table(table) -> Table:
+    """Metrics down, models across, each value over its confidence interval: fits 80 columns for the
+    usual five models without cutting a header (models across a row of seven metrics did not)."""
     from steermoe.evaluation.comparison import TABLE_METRICS
 
     shown = [m for m in TABLE_METRICS if table[m].notna().any()]
-    out = Table(title="evaluation")
-    out.add_column("model")
+    out = Table(title="evaluation (value, then its interval)")
+    out.add_column("metric", overflow="fold")
+    for model in table["model"]:
+        out.add_column(str(model), justify="right", overflow="fold")
     for m in shown:
-        out.add_column(m, justify="right")
-    for _, row in table.iterrows():
-        out.add_row(row["model"], *[f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]" if row[m] == row[m] else "n/a" for m in shown])
+        cells = [f"{row[m]:.3f}\n{row[m + '_low']:.2f}-{row[m + '_high']:.2f}" if row[m] == row[m] else "n/a" for _, row in table.iterrows()]
+        out.add_row(m.replace("_", " "), *cells)
     return out
 
 

@@ -13,11 +13,12 @@ from typing import Optional
 
 import typer
 from rich.table import Table
+from rich.text import Text
 
 from steermoe.cli.app import app, console
 from steermoe.cli.prompts import ConfigOption, SetOption
 
-__all__ = ["run", "stages", "promote", "deploy", "serve"]
+__all__ = ["run", "stages", "evaluation_table", "promote", "deploy", "serve"]
 
 _SHOWN_METRICS = ("refusal_rate", "over_refusal", "utility_loss", "utility_loss_delta", "routing_drift")
 
@@ -41,6 +42,18 @@ def _outputs(record: dict) -> str:
     return ", ".join(parts)[:80]
 
 
+def evaluation_table(metrics: dict[str, dict[str, float]]) -> Table:
+    """The run summary's numbers: one row per model."""
+    table = Table(title="evaluation (eval split)")
+    table.add_column("model")
+    shown = [m for m in _SHOWN_METRICS if any(m in v for v in metrics.values())]
+    for m in shown:
+        table.add_column(m.replace("_", "\n"), justify="right")  # one word a line: whole headers at 80 columns
+    for model, values in metrics.items():
+        table.add_row(model, *(f"{values[m]:.3f}" if m in values else "-" for m in shown))
+    return table
+
+
 def _summary(summary: dict, flow_run_id: str | None) -> None:
     stages = Table(title=f"steermoe run '{summary['run_name']}'")
     for col in ("stage", "state", "seconds", "outputs"):
@@ -52,14 +65,7 @@ def _summary(summary: dict, flow_run_id: str | None) -> None:
 
     metrics = summary["records"].get("evaluate", {}).get("metrics", {})
     if metrics:
-        table = Table(title="evaluation (eval split)")
-        table.add_column("model")
-        shown = [m for m in _SHOWN_METRICS if any(m in v for v in metrics.values())]
-        for m in shown:
-            table.add_column(m, justify="right")
-        for model, values in metrics.items():
-            table.add_row(model, *(f"{values[m]:.3f}" if m in values else "-" for m in shown))
-        console.print(table)
+        console.print(evaluation_table(metrics))
 
     run, reg = summary["tracking"], summary["registered"]
     uri = run["uri"]
@@ -140,8 +146,9 @@ def promote(
         console.print(f"  {reason}", highlight=False)
     sources = ", ".join(f"{who} {how}" for who, how in d.get("sources", {}).items())
     console.print(f"  evaluation set {d.get('eval_set', '?')}" + (f" ({sources})" if sources else ""), highlight=False, markup=False)
-    verdict = "[green]promoted to champion" if result["promoted"] else "[yellow]not promoted"
-    console.print(f"{verdict}[/]: models:/{result['name']}@champion " + (f"(was v{result['previous_champion']})" if result["previous_champion"] else ""))
+    verdict = Text("promoted to champion", "green") if result["promoted"] else Text("not promoted", "yellow")
+    was = f"(was v{result['previous_champion']})" if result["previous_champion"] else ""
+    console.print(Text.assemble(verdict, f": models:/{result['name']}@champion {was}"))
     return 0
 
 

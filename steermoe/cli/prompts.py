@@ -26,7 +26,7 @@ def print_report(report, limit: int = 50) -> None:
         console.print(table)
         if len(report.failures) > limit:
             console.print(f"... and {len(report.failures) - limit} more (see --json)")
-    console.print(("[green]" if report.success else "[red]") + report.summary(), highlight=False, soft_wrap=True)
+    console.print(report.summary(), style="green" if report.success else "red", highlight=False, soft_wrap=True)
 
 
 @app.command()
