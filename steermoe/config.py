@@ -148,6 +148,17 @@ class SelectionConfig(Section):
 
 
 class FinetuneConfig(Section):
+    @model_validator(mode="before")
+    @classmethod
+    def _not_implemented(cls, data):
+        # Accepted once and then failed mid-run; now refused when the config loads. Its old default (0)
+        # still loads, so configs dumped by earlier versions keep working.
+        if isinstance(data, dict) and "routing_regulariser" in data:
+            if data["routing_regulariser"] not in (0, None):
+                raise ValueError("routing_regulariser is not implemented (a KL term on benign routing); remove the key")
+            data = {k: v for k, v in data.items() if k != "routing_regulariser"}
+        return data
+
     zero_stage: Literal[0, 1, 2, 3] = Field(0, description="DeepSpeed ZeRO stage.")
     precision: Literal["fp32", "bf16"] = Field("fp32", description="Training precision.")
     learning_rate: float = Field(3e-3, gt=0, description="Peak learning rate.")
@@ -160,7 +171,6 @@ class FinetuneConfig(Section):
     max_length: int = Field(128, ge=8, description="Longest training sequence in tokens.")
     safe_fraction: float = Field(0.5, ge=0, le=1, description="Share of benign examples (base model's own answers) in the mix.")
     refusal_templates: list[str] | None = Field(None, description="Refusal targets; '{topic}' is filled from the prompt. Built-in set when empty.")
-    routing_regulariser: float = Field(0.0, ge=0, description="Weight of a KL term keeping benign routing near the base model.")
     offload_optimizer: bool = Field(False, description="ZeRO CPU offload of optimizer states.")
     checkpoint_every: int = Field(0, ge=0, description="Save a resumable checkpoint every N steps (0: never).")
     merge: bool = Field(False, description="Also write a merged Hugging Face model folder.")
@@ -283,19 +293,6 @@ class RunConfig(Section):
             raise ValueError("must be a plain name (no slashes, not starting with '.')")
         return v
 
-    def check_against_model(self, num_layers: int, num_experts: int) -> None:
-        """Reject settings impossible for this model (found once its config is known)."""
-        total = num_layers * num_experts
-        if self.selection.top_k > total:
-            raise ConfigError(
-                f"selection.top_k: {self.selection.top_k} exceeds the model's {total} experts "
-                f"({num_layers} MoE layers x {num_experts}); lower it"
-            )
-        if self.selection.per_layer_cap > num_experts:
-            raise ConfigError(
-                f"selection.per_layer_cap: {self.selection.per_layer_cap} exceeds {num_experts} experts per layer"
-            )
-
     def section_dict(self, name: str) -> dict:
         return getattr(self, name).model_dump(mode="json")
 
@@ -384,8 +381,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         config = RunConfig.model_validate(data)
     except ValidationError as e:
         raise ConfigError(format_validation_error(e, origin)) from None
-    if config.model.source == "demo":
-        from steermoe.demo.recipe import DEMO_SHAPE
+    from steermoe.preflight import check_model_settings
 
-        config.check_against_model(DEMO_SHAPE["num_layers"], DEMO_SHAPE["num_experts"])
+    check_model_settings(config)  # from config.json alone: before any weights load
     return config

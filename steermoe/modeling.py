@@ -44,16 +44,18 @@ class ModelSource:
     scheme: str
     resolve: Callable[[Any, str, Path | None], Path]  # (model section, argument, cache dir) -> local HF folder
     help: str
+    # (model section, argument) -> preflight.ModelShape, known before the model is built; None: not known.
+    shape: Callable[[Any, str], Any] | None = None
 
 
 MODEL_SOURCES: dict[str, ModelSource] = {}
 
 
-def register_model_source(scheme: str, resolve: Callable[[Any, str, Path | None], Path], help: str) -> ModelSource:
+def register_model_source(scheme: str, resolve: Callable[[Any, str, Path | None], Path], help: str, shape: Callable[[Any, str], Any] | None = None) -> ModelSource:
     """Add a model source (e.g. ``random:<shape>``); registering a scheme twice is an error."""
     if scheme in MODEL_SOURCES:
         raise ValueError(f"model source {scheme!r} is already registered")
-    MODEL_SOURCES[scheme] = ModelSource(scheme, resolve, help)
+    MODEL_SOURCES[scheme] = ModelSource(scheme, resolve, help, shape)
     return MODEL_SOURCES[scheme]
 
 
@@ -63,7 +65,14 @@ def _demo_source(model_cfg, argument: str, cache_dir: Path | None) -> Path:
     return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch)
 
 
-register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch)")
+def _demo_shape(model_cfg, argument: str):
+    from steermoe.demo.recipe import DEMO_SHAPE
+    from steermoe.preflight import ModelShape
+
+    return ModelShape(tuple(range(DEMO_SHAPE["num_layers"])), DEMO_SHAPE["num_experts"], DEMO_SHAPE["experts_per_token"])
+
+
+register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch)", _demo_shape)
 
 
 def parse_model_source(source: str) -> tuple[ModelSource | None, str]:

@@ -31,6 +31,8 @@ __all__ = [
     "select_experts_stage",
     "finetune_stage",
     "evaluate_stage",
+    "evaluate_entries",
+    "model_entry",
     "register_stage",
     "CANDIDATE",
     "promote_stage",
@@ -243,14 +245,14 @@ def select_experts_stage(selection_cfg, table_path: str, out_dir: str | Path) ->
 # ---------------------------------------------------------------- fine-tuning, evaluation, registration
 
 
-def _base_answers(cfg, model_path: str, safe, store_path: str) -> list[str]:
+def _base_answers(cfg, model_path: str, safe, store_path: str | None) -> list[str]:
     """The base model's answers to the safe training prompts: reused from the routing store when it
     answered them with the same token budget (same greedy decoding of the same model), else generated."""
     from steermoe.routing import RoutingStore
 
     ids = safe["id"].astype(str).tolist()
-    store = RoutingStore(store_path)
-    if store.manifest.get("generation", {}).get("max_new_tokens") == cfg.finetune.answer_max_new_tokens:
+    store = RoutingStore(store_path) if store_path is not None else None
+    if store is not None and store.manifest.get("generation", {}).get("max_new_tokens") == cfg.finetune.answer_max_new_tokens:
         seqs = store.sequences()
         known = dict(zip(seqs["prompt_id"].astype(str), seqs["generated_text"]))
         if all(i in known for i in ids):
@@ -265,7 +267,7 @@ def _base_answers(cfg, model_path: str, safe, store_path: str) -> list[str]:
     return base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
 
 
-def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str, selection_path: str, out_dir: str | Path) -> dict:
+def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | None, selection_path: str, out_dir: str | Path) -> dict:
     """Fine-tune only the selected experts (and the configured baselines, same data and budget) on
     refusals for unsafe prompts and the base model's own answers for safe ones; write the patch(es) and
     the training curve (``history.json``, one point per optimizer step)."""
@@ -320,8 +322,7 @@ CANDIDATE = "finetuned"  # the comparison row of the model a run registers
 def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str, finetune: dict, out_dir: str | Path) -> dict:
     """Evaluate base, steered, fine-tuned and the baselines on the same prompts and judges; write the
     comparison table and every response. ``metrics[model][metric]`` holds the numbers."""
-    from steermoe.evaluation import ModelEntry, compare_models, judge_options
-    from steermoe.modeling import load_pretrained
+    from steermoe.evaluation import ModelEntry
     from steermoe.selection import ExpertSelection
 
     ev, m = cfg.evaluation, cfg.model
@@ -330,38 +331,62 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
             "evaluation.backend: vllm answers in this process (vLLM spreads over GPUs itself); drop 'evaluation' from "
             "execution.stages, or set evaluation.backend: hf"
         )
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     prompts = read_prompt_snapshot(prompts_path, ev.split)
-
-    def base():
-        return load_pretrained(m, model_path)
-
     answer_for = None  # evaluation.backend vllm: vLLM answers (patched models from a merged folder), HF scores
     if ev.backend == "vllm":
         from steermoe.evaluation.vllm_generation import stage_answer_fns
 
+        answer_for = stage_answer_fns(cfg, model_path, Path(out_dir) / "merged")
 
-        answer_for = stage_answer_fns(cfg, model_path, out / "merged")
+    def entry(name: str, weights=None, patch=None, training=None):
+        answer = answer_for(weights or model_path, patch, name) if answer_for else None
+        return model_entry(m, model_path, weights=weights, patch=patch, training=training, answer=answer)
 
-    def trained(weights_path, patch, training, name):
-        # Every model answers through the base tokenizer (a merged folder may have none of its own).
-        def load():
-            return load_pretrained(m, weights_path, patch=patch, tokenizer=False).model, load_pretrained(m, model_path, weights=False).tokenizer
-
-        return ModelEntry(load, training=training, answer=answer_for(weights_path, patch, name) if answer_for else None)
-
-    entries: dict = {"base": ModelEntry(load=base, answer=answer_for(model_path, None, "base") if answer_for else None)}
+    base = entry("base")
+    entries: dict = {"base": base}
     if ev.steering:
         steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
-        entries["steered"] = ModelEntry(load=base, steering=steering, epsilon=ev.steering_epsilon)
-    entries[CANDIDATE] = trained(model_path, finetune["patch_path"], finetune.get("metrics"), CANDIDATE)
+        entries["steered"] = ModelEntry(load=base.load, steering=steering, epsilon=ev.steering_epsilon)
+    entries[CANDIDATE] = entry(CANDIDATE, patch=finetune["patch_path"], training=finetune.get("metrics"))
     baselines = finetune.get("baselines", {})
     if "random" in baselines:
-        entries["random"] = trained(model_path, baselines["random"]["patch_path"], baselines["random"].get("metrics"), "random")
+        entries["random"] = entry("random", patch=baselines["random"]["patch_path"], training=baselines["random"].get("metrics"))
     if "full" in baselines:
         full = baselines["full"]
-        entries["full"] = trained(full["merged_path"], None, full.get("metrics"), "full")
+        entries["full"] = entry("full", weights=full["merged_path"], training=full.get("metrics"))
+    record, _ = evaluate_entries(cfg, entries, prompts, out_dir)
+    return {**record, "outputs_path": str(Path(out_dir) / "responses" / f"{CANDIDATE}.jsonl"), "candidate": CANDIDATE}
+
+
+def model_entry(model_cfg, base_path, *, weights=None, patch=None, training: dict | None = None, tokenizer_path=None, answer=None):
+    """One model to evaluate: the base folder (or the folder ``weights``), with an expert ``patch``
+    applied when given, answering through the base tokenizer unless ``tokenizer_path`` says otherwise
+    (a merged folder may have none of its own). Loaded only when its turn comes (here or on a worker);
+    ``answer`` replaces HF generation (evaluation.backend vllm)."""
+    from functools import partial
+
+    from steermoe.evaluation import ModelEntry
+
+    load = partial(_load_entry, model_cfg, str(weights or base_path), None if patch is None else str(patch), str(tokenizer_path or base_path))
+    return ModelEntry(load, training=training, answer=answer)
+
+
+def _load_entry(model_cfg, weights_path: str, patch: str | None, tokenizer_path: str):
+    from steermoe.modeling import load_pretrained
+
+    if weights_path == tokenizer_path:
+        return load_pretrained(model_cfg, weights_path, patch=patch)
+    return load_pretrained(model_cfg, weights_path, patch=patch, tokenizer=False).model, load_pretrained(model_cfg, tokenizer_path, weights=False).tokenizer
+
+
+def evaluate_entries(cfg, entries: dict, prompts, out_dir: str | Path):
+    """The evaluation stage's work on any named model entries (the pipeline's, or the CLI's): answer,
+    judge, compare; write the table; returns (record, the full comparison result)."""
+    from steermoe.evaluation import compare_models, judge_options
+
+    ev = cfg.evaluation
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
     generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
     with _model_opener(cfg.execution) as open_model:
         result = compare_models(
@@ -372,21 +397,20 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     result.table.to_csv(comparison, index=False)
     metrics = {name: {k: float(v.value) for k, v in r.metrics.items() if v is not None and math.isfinite(v.value)} for name, r in result.results.items()}
     intervals = {name: {k: [float(v.ci_low), float(v.ci_high)] for k, v in r.metrics.items() if v is not None} for name, r in result.results.items()}
-    return {
+    record = {
         "comparison_path": str(comparison),
         "comparison_md_path": str(result.paths["markdown"]),
         "chart_path": str(result.paths["png"]),
         "comparison_json_path": str(result.paths["json"]),
         "benchmarks": sorted(result.benchmarks),
-        "outputs_path": str(out / "responses" / f"{CANDIDATE}.jsonl"),
         "metrics": metrics,
         "intervals": intervals,
         "eval_set": _eval_set(cfg, prompts),
         "model_load": cfg.model.model_dump(mode="json", include={"dtype", "attn_implementation", "trust_remote_code"}),
-        "candidate": CANDIDATE,
         "generation": generation,
         "n_prompts": len(prompts),
     }
+    return record, result
 
 
 def _model_opener(execution_cfg):

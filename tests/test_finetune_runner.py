@@ -45,3 +45,25 @@ def test_cli_without_selection_is_one_line_error(tmp_path, capsys):
     code = run_app(["finetune", "--selection", str(tmp_path / "missing.json")])
     assert code == 2
     assert "steermoe select" in capsys.readouterr().err
+
+
+def test_cli_finetune_is_the_stage_with_its_validation_and_history(tiny_demo_model, tmp_path, capsys):
+    import json
+
+    from steermoe.cli import run_app
+    from steermoe.selection import ExpertSelection
+    from tests.conftest import make_prompts
+
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in make_prompts()))
+    ExpertSelection([(0, 1), (1, 2)], [0.3, 0.2], "threshold").to_json(tmp_path / "sel.json")
+    args = ["finetune", "--selection", str(tmp_path / "sel.json"), "--out", str(tmp_path / "ft"), "--set", f"model.source={tiny_demo_model}",
+            "--set", f"prompts.sources=[{{path: {prompts}}}]", "--set", "finetune.max_steps=1", "--set", "finetune.baselines=[]",
+            "--set", "finetune.answer_max_new_tokens=4", "--set", "finetune.batch_size=4", "--set", "model.device=cpu", "--set", "finetune.device=cpu"]
+    assert run_app(args) == 0
+    assert (tmp_path / "ft" / "prompts" / "validation_report.json").exists() and (tmp_path / "ft" / "selected" / "patch").is_dir()
+    assert len(json.loads((tmp_path / "ft" / "history.json").read_text())) == 1
+    assert "selective" in capsys.readouterr().out
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text("".join(json.dumps({**r, "label": "maybe"}) + "\n" for r in make_prompts()))
+    assert run_app([*args[:-12], "--set", f"prompts.sources=[{{path: {bad}}}]"]) == 1  # validated before any model loads

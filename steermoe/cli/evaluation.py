@@ -74,15 +74,6 @@ def _pairs(items: list[str] | None, option: str) -> dict[str, str]:
     return out
 
 
-def _existing(path: str | Path, option: str) -> Path:
-    from steermoe.errors import InputError
-
-    path = Path(path)
-    if not path.exists():
-        raise InputError(f"{option} {path}: does not exist")
-    return path
-
-
 @app.command()
 def evaluate(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
@@ -97,34 +88,72 @@ def evaluate(
 ) -> None:
     """Answer the evaluation prompts, judge refusals, and measure over-refusal, utility and routing drift
     (and each benchmark's own scores for every --benchmark)."""
-    from steermoe.config import load_config
     from steermoe.errors import InputError
-    from steermoe.evaluation.comparison import ModelEntry
-    from steermoe.modeling import load_pretrained, resolve_model_path
-    from steermoe.selection import ExpertSelection
 
     if model is not None and patch is not None:
         raise InputError("--model and --patch: give one of them (a full model folder, or a patch on the config's model)")
+    name = "model" if model is not None else "patched" if patch is not None else "base"
+    steered = "steered" if name == "base" else f"{name}+steered"
+    _evaluate(
+        config, overrides, benchmarks, out or "evaluation",
+        models={name: model} if model is not None else {}, patches={name: patch} if patch is not None else {},
+        steers={steered: (selection, name)} if selection is not None else {},
+    )
+
+
+@app.command()
+def compare(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
+    patches: Optional[list[str]] = typer.Option(None, "--patch", help="NAME=PATH of an expert patch on the base (repeatable)."),
+    models: Optional[list[str]] = typer.Option(None, "--model", help="NAME=PATH of a full model folder (repeatable)."),
+    steers: Optional[list[str]] = typer.Option(None, "--steer", help="NAME=SELECTION_JSON: the base steered by a selection (repeatable)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/comparison)."),
+    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
+    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmark", help="NAME=PATH of a published benchmark file or dataset (repeatable)."),
+) -> None:
+    """Evaluate the base and every given model (steered, expert-/random-/fully fine-tuned) on the same prompts and judges."""
+    from steermoe.errors import InputError
+
+    named = {"--patch": _pairs(patches, "--patch"), "--model": _pairs(models, "--model"), "--steer": _pairs(steers, "--steer")}
+    seen: set[str] = {"base"}
+    for option, pairs in named.items():
+        clash = seen & set(pairs)
+        if clash:
+            raise InputError(f"{option}: name(s) {sorted(clash)} already used; give every entry its own name")
+        seen |= set(pairs)
+    steered = {name: (path, "base") for name, path in named["--steer"].items()}
+    _evaluate(config, overrides, benchmarks, out or "comparison", models=named["--model"], patches=named["--patch"], steers=steered)
+
+
+def _evaluate(config, overrides, benchmarks, out, *, models: dict, patches: dict, steers: dict) -> None:
+    """Check every path the command got (before any model loads), then run the evaluation stage on
+    the base plus the named entries; ``steers`` maps a name to (selection JSON, the entry it steers)."""
+    from steermoe.config import load_config
+    from steermoe.evaluation.comparison import ModelEntry
+    from steermoe.modeling import resolve_model_path
+    from steermoe.preflight import check_model_folder, check_patch, check_selection, model_shape
+    from steermoe.stages import evaluate_entries, model_entry
+
     cfg = load_config(config, overrides or [])
+    models = {name: check_model_folder(path, "--model") for name, path in models.items()}
+    patches = {name: check_patch(path, "--patch") for name, path in patches.items()}
+    shape = model_shape(cfg.model) if steers else None
+    selections = {name: check_selection(path, shape, "--steer") for name, (path, _) in steers.items()}
     prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
     base_path = resolve_model_path(cfg.model, cfg.cache_dir)
-    m = cfg.model
-    base, tokenizer = load_pretrained(m, base_path)
-    entries = {"base": ModelEntry(lambda: (base, tokenizer))}
-    name = "base"
-    if model is not None:
-        name = "model"
-        entries[name] = ModelEntry(lambda: load_pretrained(m, _existing(model, "--model")))
-    elif patch is not None:
-        name = "patched"
-        entries[name] = ModelEntry(lambda: load_pretrained(m, base_path, patch=_existing(patch, "--patch")))
-    if selection is not None:
-        steered = ExpertSelection.from_json(_existing(selection, "--steer"))
-        target = entries[name]
-        name = f"{name}+steered" if name != "base" else "steered"
-        entries[name] = ModelEntry(target.load, steering=steered, epsilon=cfg.evaluation.steering_epsilon)
-    out = out or Path(cfg.output_dir) / cfg.run_name / "evaluation"
-    result = _run(cfg, entries, prompts, out)
+    entries = {"base": model_entry(cfg.model, base_path)}
+
+    def steer(on_base: bool) -> None:
+        for name, (_, target) in steers.items():
+            if (target == "base") == on_base:
+                entries[name] = ModelEntry(entries[target].load, steering=selections[name], epsilon=cfg.evaluation.steering_epsilon)
+
+    steer(on_base=True)  # table order: base, its steered variants, patches, models, their steered variants
+    entries |= {name: model_entry(cfg.model, base_path, patch=path) for name, path in patches.items()}
+    entries |= {name: model_entry(cfg.model, base_path, weights=path, tokenizer_path=path) for name, path in models.items()}
+    steer(on_base=False)
+    out = Path(out) if isinstance(out, Path) else Path(cfg.output_dir) / cfg.run_name / out
+    _, result = evaluate_entries(cfg, entries, prompts, out)
     _print(result)
 
 
@@ -144,55 +173,3 @@ def benchmark_table(bench) -> Table:
         cells = [f"{row[m]:.3f} [{row[m + '_low']:.2f}, {row[m + '_high']:.2f}]" if row[m] == row[m] else "n/a" for m in bench.metrics]
         out.add_row(row["model"], row["judge"], *cells)
     return out
-
-
-@app.command()
-def compare(
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
-    patches: Optional[list[str]] = typer.Option(None, "--patch", help="NAME=PATH of an expert patch on the base (repeatable)."),
-    models: Optional[list[str]] = typer.Option(None, "--model", help="NAME=PATH of a full model folder (repeatable)."),
-    steers: Optional[list[str]] = typer.Option(None, "--steer", help="NAME=SELECTION_JSON: the base steered by a selection (repeatable)."),
-    out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/comparison)."),
-    overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
-    benchmarks: Optional[list[str]] = typer.Option(None, "--benchmark", help="NAME=PATH of a published benchmark file or dataset (repeatable)."),
-) -> None:
-    """Evaluate the base and every given model (steered, expert-/random-/fully fine-tuned) on the same prompts and judges."""
-    from steermoe.config import load_config
-    from steermoe.errors import InputError
-    from steermoe.evaluation.comparison import ModelEntry
-    from steermoe.modeling import load_pretrained, resolve_model_path
-    from steermoe.selection import ExpertSelection
-
-    named = {"--patch": _pairs(patches, "--patch"), "--model": _pairs(models, "--model"), "--steer": _pairs(steers, "--steer")}
-    seen: set[str] = {"base"}
-    for option, pairs in named.items():
-        clash = seen & set(pairs)
-        if clash:
-            raise InputError(f"{option}: name(s) {sorted(clash)} already used; give every entry its own name")
-        seen |= set(pairs)
-    cfg = load_config(config, overrides or [])
-    prompts = load_eval_prompts(cfg, _pairs(benchmarks, "--benchmark"))
-    base_path = resolve_model_path(cfg.model, cfg.cache_dir)
-    m = cfg.model
-    base, tokenizer = load_pretrained(m, base_path)
-    entries = {"base": ModelEntry(lambda: (base, tokenizer))}
-    for name, path in named["--steer"].items():
-        entries[name] = ModelEntry(lambda: (base, tokenizer), ExpertSelection.from_json(_existing(path, "--steer")), cfg.evaluation.steering_epsilon)
-    for name, path in named["--patch"].items():
-        entries[name] = ModelEntry(lambda p=_existing(path, "--patch"): load_pretrained(m, base_path, patch=p))
-    for name, path in named["--model"].items():
-        entries[name] = ModelEntry(lambda p=_existing(path, "--model"): load_pretrained(m, p))
-    out = out or Path(cfg.output_dir) / cfg.run_name / "comparison"
-    result = _run(cfg, entries, prompts, out)
-    _print(result)
-
-
-def _run(cfg, entries, prompts, out: Path):
-    from steermoe.evaluation.comparison import compare_models, judge_options, resolve_judges
-
-    e = cfg.evaluation
-    judges = resolve_judges(e.judges, judge_options(e))
-    return compare_models(
-        entries, prompts, judges, out, max_new_tokens=e.max_new_tokens, batch_size=e.batch_size, drift=e.routing_drift,
-        bootstrap_samples=e.bootstrap_samples, confidence=e.confidence, seed=e.seed, chat_template_kwargs=cfg.generation.chat_template_kwargs,
-    )

@@ -18,66 +18,53 @@ __all__ = ["finetune"]
 def finetune(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="Run config YAML (default: the built-in demo)."),
     selection: Optional[Path] = typer.Option(None, "--selection", help="ExpertSelection JSON (from `steermoe select`); default: <output_dir>/<run_name>/selection.json."),
+    store: Optional[Path] = typer.Option(
+        None, "--store", help="Routing store whose answers to reuse as the benign targets (default: <output_dir>/<run_name>/routing if there)."
+    ),
     out: Optional[Path] = typer.Option(None, "--out", help="Output folder (default: <output_dir>/<run_name>/finetune)."),
     overrides: Optional[list[str]] = typer.Option(None, "--set", "-s", help="Override a config key: key.path=value (repeatable)."),
 ) -> int:
-    """Fine-tune the selected experts with DeepSpeed; write an expert patch, metrics and baselines."""
+    """Fine-tune the selected experts with DeepSpeed (the pipeline's finetune stage, prompts validated
+    first); write an expert patch, its training curve, metrics and the configured baselines."""
     from steermoe.config import load_config
-    from steermoe.finetune import (
-        base_model_answers,
-        build_training_examples,
-        finetune_experts,
-        finetune_full,
-        finetune_random,
-        refusals_from_endpoint,
-    )
-    from steermoe.modeling import load_pretrained, resolve_model_path
-    from steermoe.prompts import to_messages
-    from steermoe.selection import ExpertSelection
-    from steermoe.stages import load_prompt_set
+    from steermoe.modeling import resolve_model_path
+    from steermoe.preflight import check_selection, model_shape
+    from steermoe.stages import finetune_stage, validate_prompts_stage
 
     cfg = load_config(config, overrides or [])
     run_dir = Path(cfg.output_dir) / cfg.run_name
     selection = selection or run_dir / "selection.json"
     if not selection.exists():
         raise InputError(f"--selection: {selection} does not exist; run `steermoe select` first or pass --selection FILE")
-    chosen = ExpertSelection.from_json(selection)
+    chosen = check_selection(selection, model_shape(cfg.model), "--selection")
+    if store is not None and not (store / "manifest.json").exists():
+        raise InputError(f"--store: {store} is not a routing store (no manifest.json); give the folder `steermoe collect` wrote")
+    store = store or (run_dir / "routing" if (run_dir / "routing" / "manifest.json").exists() else None)
     out = out or run_dir / "finetune"
-    ft = cfg.finetune
     model_path = resolve_model_path(cfg.model, cfg.cache_dir)
-    prompts = load_prompt_set(cfg.prompts)
-    prompts = prompts[prompts["split"] == "train"]
-    unsafe = [to_messages(r) for r in prompts[prompts["label"] == "unsafe"].to_dict("records")]
-    safe = [to_messages(r) for r in prompts[prompts["label"] == "safe"].to_dict("records")]
-    model, tokenizer = load_pretrained(cfg.model, model_path)
-    g = cfg.generation
-    answers = base_model_answers(model, tokenizer, safe, ft.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
-    del model
-    refusals = refusals_from_endpoint(ft.refusal_endpoint, ft.refusal_endpoint_model, unsafe) if ft.refusal_endpoint else None
-    examples = build_training_examples(tokenizer, unsafe, safe, answers, ft, refusals=refusals, chat_template_kwargs=g.chat_template_kwargs)
-    console.print(f"{len(examples)} training examples, {len(chosen)} selected experts, ZeRO {ft.zero_stage} {ft.precision}")
-    results = [finetune_experts(model_path, chosen, examples, ft, out / "selected", model=cfg.model)]
-    for name in ft.baselines:
-        if name == "random":
-            results.append(finetune_random(model_path, chosen, examples, ft, out / "random", model=cfg.model))
-        elif name == "full":
-            results.append(finetune_full(model_path, examples, ft, out / "full", model=cfg.model))
-    _print_results(results)
+    prompts = validate_prompts_stage(cfg.prompts, out / "prompts")
+    ft = cfg.finetune
+    console.print(f"{len(chosen)} selected experts, ZeRO {ft.zero_stage} {ft.precision}, baselines: {', '.join(ft.baselines) or 'none'}")
+    record = finetune_stage(cfg, str(model_path), prompts["prompts_path"], None if store is None else str(store), str(selection), out)
+    _print_results(record)
     return 0
 
 
-def _print_results(results) -> None:
+def _print_results(record: dict) -> None:
     table = Table(title="fine-tuning")
     for col in ("run", "trainable", "steps", "final loss", "held-out refusal loss", "held-out benign loss", "output"):
-        table.add_column(col)
+        table.add_column(col, overflow="fold")
+
     def pair(m, kind):
         before, after = m.get(f"heldout_{kind}_loss_before"), m.get(f"heldout_{kind}_loss_after")
         return "-" if before is None or after is None else f"{before:.3f} -> {after:.3f}"
 
-    for r in results:
-        m = r.metrics
+    runs = [("selective", record)] + list(record["baselines"].items())
+    for name, run in runs:
+        m = run["metrics"]
+        output = run.get("patch_path") or run.get("merged_path")
         table.add_row(
-            r.mode, f"{m['trainable_params']:,} ({m['trainable_fraction']:.2%})", str(m["steps"]), f"{m['final_loss']:.4f}",
-            pair(m, "refusal"), pair(m, "benign"), str(r.patch_path or r.merged_path),
+            name, f"{m['trainable_params']:,.0f} ({m['trainable_fraction']:.2%})", f"{m['steps']:.0f}", f"{m['final_loss']:.4f}",
+            pair(m, "refusal"), pair(m, "benign"), str(output),
         )
     console.print(table)

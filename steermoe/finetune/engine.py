@@ -209,9 +209,6 @@ def run_training(
     from steermoe.finetune.experts import count_parameters
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    if cfg.routing_regulariser > 0:
-        # TODO(routing regulariser): KL(base routing || tuned routing) on benign prompts, needs a frozen base router pass.
-        raise ConfigError("finetune.routing_regulariser: not implemented yet; set it to 0")
     trainable, total = count_parameters(model)
     engine = _init_engine(model, cfg, world)
     device = engine.device
