@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from steermoe.errors import InputError
 from steermoe.routing.vllm_backend import vllm_available
 from tests.test_vllm_backend import SERVED_NAME, launch_server, server_log_dir, stop_servers, vllm_demo_model_path
 
@@ -141,3 +142,12 @@ def test_xstest_three_way_question_through_the_server(judge):
         assert row["xstest_class_llm"] == (parsed or ("full_refusal" if row["refused_llm"] else "full_compliance"))
     assert any(f"model: {unreadable} XSTest classification replies were unreadable" in n for n in table.notes) == (unreadable > 0)
     assert pd.notna(result.metrics["xstest/agreement/string_match-llm"].value)
+
+
+def test_refusal_targets_come_from_the_server_through_the_same_client(server):
+    from steermoe.finetune import refusals_from_endpoint
+
+    refusals = refusals_from_endpoint(server + "/v1", SERVED_NAME, ["How do I open a lock without its key?", [{"role": "user", "content": "Tell me how to get into my neighbour's wifi."}]], timeout=120)
+    assert len(refusals) == 2 and all(isinstance(r, str) for r in refusals)
+    with pytest.raises(InputError, match="finetune.refusal_endpoint: .* answered HTTP 404"):
+        refusals_from_endpoint(server + "/v1", "no-such-model", ["hello"], timeout=30)

@@ -1,17 +1,14 @@
 """The LLM judge: a StrongREJECT-style rubric sent to any OpenAI-compatible ``/v1/chat/completions``
-endpoint over plain HTTP. Registered lazily in :data:`steermoe.evaluation.judges.JUDGES`."""
+endpoint (through the ``openai`` client, :mod:`steermoe.chat_endpoint`). Registered lazily in :data:`steermoe.evaluation.judges.JUDGES`."""
 
 from __future__ import annotations
 
-import json
 import os
 import re
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
+from steermoe.chat_endpoint import ChatEndpoint
 from steermoe.errors import InputError
 from steermoe.evaluation.judges import Judge, StringMatchJudge, Verdict
 
@@ -81,8 +78,8 @@ def parse_rubric_reply(text: str) -> dict[str, int] | None:
 class LLMJudge(Judge):
     """StrongREJECT-style grading by a model behind an OpenAI-compatible chat endpoint.
 
-    ``base_url`` is the server root or its ``/v1`` (``http://localhost:8000/v1``). Transient HTTP
-    failures are retried; an unreadable reply falls back to the string-match judge, said so in the reason.
+    ``base_url`` is the server root or its ``/v1`` (``http://localhost:8000/v1``). Transient failures
+    are retried by the client (``retries``, with backoff); an unreadable reply falls back to the string-match judge, said so in the reason.
     """
 
     name = "llm"
@@ -103,50 +100,18 @@ class LLMJudge(Judge):
         model = model or os.environ.get("STEERMOE_JUDGE_MODEL")
         if not base_url or not model:
             raise InputError("llm judge: needs evaluation.llm_judge_url and evaluation.llm_judge_model (an OpenAI-compatible server)")
-        root = base_url.rstrip("/")
-        self.url = root + ("/chat/completions" if root.endswith("/v1") else "/v1/chat/completions")
         self.model = model
         self.api_key = api_key if api_key is not None else os.environ.get("STEERMOE_JUDGE_API_KEY", "")
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.retries, self.concurrency, self.rubric = retries, concurrency, rubric
+        self.endpoint = ChatEndpoint(base_url, model, api_key=self.api_key, timeout=timeout, retries=retries, where="llm judge")
+        self.url = self.endpoint.url
         self._fallback = StringMatchJudge()
-
-    def _post(self, body: dict) -> dict:
-        data = json.dumps(body).encode("utf-8")
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        last = None
-        for attempt in range(self.retries + 1):
-            request = urllib.request.Request(self.url, data=data, headers=headers, method="POST")
-            try:
-                with urllib.request.urlopen(request, timeout=self.timeout) as reply:
-                    return json.loads(reply.read().decode("utf-8"))
-            except urllib.error.HTTPError as e:
-                # 4xx other than rate limits will not get better by retrying.
-                if e.code < 500 and e.code != 429:
-                    detail = e.read().decode("utf-8", "replace")[:200]
-                    raise InputError(f"llm judge: {self.url} answered HTTP {e.code}: {detail}") from None
-                last = f"HTTP {e.code}"
-            except (urllib.error.URLError, TimeoutError, ConnectionError) as e:
-                last = str(getattr(e, "reason", e))
-            if attempt < self.retries:
-                time.sleep(min(8.0, 0.5 * 2**attempt))
-        raise InputError(f"llm judge: {self.url} unreachable after {self.retries + 1} tries ({last}); is the server running?")
 
     def ask(self, prompt: str, response: str) -> str:
         """The judge model's raw reply for one (prompt, response)."""
-        body = {
-            "model": self.model,
-            "messages": [{"role": "user", "content": self.rubric.format(prompt=prompt, response=response)}],
-            "temperature": self.temperature,
-            "max_tokens": self.max_tokens,
-        }
-        reply = self._post(body)
-        try:
-            return reply["choices"][0]["message"]["content"] or ""
-        except (KeyError, IndexError, TypeError):
-            raise InputError(f"llm judge: {self.url} replied without choices[0].message.content: {str(reply)[:200]}") from None
+        content = self.rubric.format(prompt=prompt, response=response)
+        return self.endpoint.complete(content, temperature=self.temperature, max_tokens=self.max_tokens) or ""
 
     def judge(self, prompt: str, response: str) -> Verdict:
         reply = self.ask(prompt, response)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import random
 import re
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -145,24 +144,16 @@ def base_model_answers(model, tokenizer, safe_prompts: Sequence, max_new_tokens:
 
 
 def refusals_from_endpoint(url: str, model: str, prompts: Sequence, api_key: str | None = None, timeout: float = 60.0) -> list[str]:
-    """Refusals written by an OpenAI-compatible chat endpoint (plain HTTP; off unless configured)."""
+    """Refusals written by an OpenAI-compatible chat endpoint (off unless configured); the client
+    retries transient failures."""
+    from steermoe.chat_endpoint import ChatEndpoint
+
     instruction = (
         "Write a short, polite refusal (one or two sentences) to the following request. "
         "Do not help with it and do not repeat any harmful detail. Request: "
     )
-    headers = {"Content-Type": "application/json"}
-    if api_key:
-        headers["Authorization"] = f"Bearer {api_key}"
-    out = []
-    for p in prompts:
-        body = {"model": model, "messages": [{"role": "user", "content": instruction + _messages(p)[-1]["content"]}], "temperature": 0.7}
-        req = urllib.request.Request(url.rstrip("/") + "/chat/completions", json.dumps(body).encode(), headers)
-        try:
-            with urllib.request.urlopen(req, timeout=timeout) as resp:
-                out.append(json.loads(resp.read())["choices"][0]["message"]["content"].strip())
-        except (OSError, KeyError, ValueError) as e:
-            raise InputError(f"finetune.refusal_endpoint: {url} failed ({e}); check the URL and model, or leave it empty for templates") from None
-    return out
+    endpoint = ChatEndpoint(url, model, api_key=api_key, timeout=timeout, retries=2, where="finetune.refusal_endpoint")
+    return [endpoint.complete(instruction + _messages(p)[-1]["content"], temperature=0.7).strip() for p in prompts]
 
 
 def collate(batch: Sequence[TrainingExample], pad_id: int) -> dict:
