@@ -29,19 +29,23 @@ console = Console(markup=False)
 err_console = Console(stderr=True, markup=False)
 
 
+def _error(message: str) -> None:
+    err_console.print(Text.assemble(("error:", "bold red"), f" {message}"), highlight=False, soft_wrap=True)
+
+
 def run_app(argv: list[str] | None = None) -> int:
     """Run the CLI; errors meant for users become one line on stderr and an exit code."""
     try:
         result = app(args=argv, standalone_mode=False, prog_name="steermoe")
     except SteerMoEError as e:
-        err_console.print(Text.assemble(("error:", "bold red"), f" {e}"), highlight=False, soft_wrap=True)
+        _error(str(e))
         return e.exit_code
     except click.exceptions.Abort:
         err_console.print("aborted")
         return 130
     except click.UsageError as e:  # one line, like every other user error
         hint = f"; see `{e.ctx.command_path} --help`" if e.ctx is not None else ""
-        err_console.print(f"[bold red]error:[/] {e.format_message()}{hint}", highlight=False, soft_wrap=True)
+        _error(f"{e.format_message()}{hint}")
         return e.exit_code
     except click.ClickException as e:
         e.show()
@@ -49,7 +53,7 @@ def run_app(argv: list[str] | None = None) -> int:
     except OSError as e:  # a full disk, a read-only or missing folder: the file and the fix, not a traceback
         from steermoe.errors import describe_os_error
 
-        err_console.print(f"[bold red]error:[/] {describe_os_error(e)}", highlight=False, soft_wrap=True)
+        _error(describe_os_error(e))
         return 1
     except KeyboardInterrupt:
         err_console.print("interrupted")
