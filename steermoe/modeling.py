@@ -141,7 +141,15 @@ def load_hf_config(model_cfg, path: str | Path):
     """The model's transformers config (no weights), read as the model section allows."""
     from transformers import AutoConfig
 
-    return AutoConfig.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
+    try:
+        return AutoConfig.from_pretrained(str(path), trust_remote_code=model_cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        reason = str(e).splitlines()[0]
+        raise InputError(f"{path}: cannot read the model config ({reason}){_trust_hint(reason)}") from None
+
+
+def _trust_hint(reason: str) -> str:
+    return "; set model.trust_remote_code=true if you trust the folder's code" if "custom code" in reason else ""
 
 
 def _tokenizer(model_cfg, path: str | Path):
@@ -171,8 +179,7 @@ def _weights(model_cfg, path: str | Path):
         reason = str(e).splitlines()[0] if str(e) else type(e).__name__
         if type(e).__name__ == "SafetensorError":
             reason = f"a weights file is truncated or corrupt: {reason}; copy the model folder again"
-        fix = "; set model.trust_remote_code=true if you trust the folder's code" if "custom code" in reason else ""
-        raise InputError(f"{path}: cannot load model ({reason}){fix}") from None
+        raise InputError(f"{path}: cannot load model ({reason}){_trust_hint(reason)}") from None
     model.to(resolve_device(model_cfg.device))
     model.eval()
     return model

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from steermoe.errors import ConfigError, InputError
 
-__all__ = ["ModelShape", "model_shape", "shape_of_folder", "check_model_settings", "check_selection", "check_patch", "check_model_folder"]
+__all__ = ["ModelShape", "model_shape", "shape_of_folder", "check_model_settings", "check_selection", "check_experts", "check_patch", "check_model_folder"]
 
 
 @dataclass(frozen=True)
@@ -37,10 +37,7 @@ def shape_of_folder(model_cfg, path: str | Path) -> ModelShape:
     from steermoe.adapters import adapter_for, moe_layers
     from steermoe.modeling import load_hf_config
 
-    try:
-        config = load_hf_config(model_cfg, path)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: cannot read the model config ({str(e).splitlines()[0]})") from None
+    config = load_hf_config(model_cfg, path)
     adapter = adapter_for(config)
     with torch.device("meta"):
         skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
@@ -100,13 +97,22 @@ def check_selection(path: str | Path, shape: ModelShape | None, where: str):
 
 
 def _check_experts(experts: Iterable[tuple[int, int]], shape: ModelShape, where: str) -> None:
-    layers = set(shape.moe_layers)
+    by_layer: dict[int, list[int]] = {}
     for layer, expert in experts:
+        by_layer.setdefault(int(layer), []).append(int(expert))
+    check_experts(by_layer, shape.moe_layers, shape.num_experts, where)
+
+
+def check_experts(by_layer: dict[int, list[int]], moe_layers: Iterable[int], num_experts: int, where: str = "selection") -> None:
+    """Every (layer, experts) names an MoE layer of the model and experts it has (one check, used
+    before loading from config.json and after loading by the fine-tuning masks)."""
+    layers = sorted(moe_layers)
+    for layer, experts in sorted(by_layer.items()):
         if layer not in layers:
-            span = f"{min(layers)}-{max(layers)}" if layers else "none"
-            raise InputError(f"{where}: layer {layer} is not an MoE layer of this model (MoE layers {span}); was it selected on another model?")
-        if not 0 <= expert < shape.num_experts:
-            raise InputError(f"{where}: expert {expert} of layer {layer} does not exist (the model has {shape.num_experts} per layer)")
+            raise InputError(f"{where}: layer {layer} is not an MoE layer of this model (MoE layers: {layers}); was the selection made for another model?")
+        bad = [e for e in experts if not 0 <= e < num_experts]
+        if bad:
+            raise InputError(f"{where}: layer {layer} names experts {bad} outside 0..{num_experts - 1}")
 
 
 def check_model_settings(config) -> ModelShape | None:

@@ -304,7 +304,7 @@ CASES = [
     finetune_with("sel_bad_expert.json", r"experts \[99\] outside 0\.\.7"),
     finetune_with("sel_not_json.json", r"sel_not_json\.json: not a selection JSON file"),
     finetune_with("sel_no_experts.json", r"sel_no_experts\.json: not an expert selection \(needs 'experts'"),
-    Case("evaluate:steer-bad-layer", lambda w: ["evaluate", *w.base(), "--steer", inp("sel_bad_layer.json")(w), "--out", "ev"], r"steering: layers \[42\] are not MoE layers of this model \(MoE layers: \[0, 1, 2, 3\]\)"),
+    Case("evaluate:steer-bad-layer", lambda w: ["evaluate", *w.base(), "--steer", inp("sel_bad_layer.json")(w), "--out", "ev"], r"--steer .*layer 42 is not an MoE layer of this model \(MoE layers: \[0, 1, 2, 3\]\)"),
     # Patches.
     evaluate_patch("patch_other_base", r"patch was made for base model 0123456789abcdef"),
     evaluate_patch("patch_truncated", r"patch_truncated/experts\.safetensors: truncated or corrupt patch file"),

@@ -105,15 +105,9 @@ class SelectivePlan:
 
 
 def _check_selection(layers: dict, by_layer: dict[int, list[int]], num_experts: int) -> None:
-    for layer, experts in by_layer.items():
-        if layer not in layers:
-            raise InputError(
-                f"selection: layer {layer} is not an MoE layer of this model (MoE layers: {sorted(layers)}); "
-                "was the selection made for another model?"
-            )
-        bad = [e for e in experts if not 0 <= e < num_experts]
-        if bad:
-            raise InputError(f"selection: layer {layer} names experts {bad} outside 0..{num_experts - 1}")
+    from steermoe.preflight import check_experts
+
+    check_experts(by_layer, layers, num_experts)
 
 
 def _fused_names(adapter, experts_module) -> list[str]:
