@@ -112,6 +112,8 @@ def _z(confidence: float) -> float:
 
 def wilson_interval(a, n, confidence: float = 0.95) -> tuple[np.ndarray, np.ndarray]:
     """Wilson score interval of the proportion a/n (vectorised; NaN where n == 0)."""
+    # Hand-written on purpose: statsmodels' proportion_confint loops in Python per cell and is not a
+    # dependency; this runs over every (layer, expert) at once and is tested against scipy.
     a, n = np.asarray(a, dtype=float), np.asarray(n, dtype=float)
     z = _z(confidence)
     with np.errstate(invalid="ignore", divide="ignore"):

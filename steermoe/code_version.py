@@ -6,6 +6,9 @@ and from each reached module every import it makes anywhere in its file (a modul
 function in it may run). Imports of other packages (torch, pandas) are not followed; the installed
 versions of those are not part of the key.
 
+The stdlib's ``modulefinder`` is not used on purpose: it works per module (not from one function),
+follows every third-party import (torch alone is thousands of files) and compiles what it reads.
+
 Over-reaching is safe (a cache misses more often); under-reaching is what this replaces: hand-kept
 lists that missed ``plots.py``, ``registry.py`` and others, so a cached stage outlived its code.
 """
