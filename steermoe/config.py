@@ -51,6 +51,7 @@ class Section(BaseModel):
 class ModelConfig(Section):
     source: str = Field("demo", description="'demo' for the built-in demo model, or a local Hugging Face model folder.")
     demo_arch: Literal["qwen3_moe", "olmoe", "mixtral"] = Field("qwen3_moe", description="Architecture of the demo model (source='demo' only).")
+    demo_size: Literal["full", "tiny"] = Field("full", description="'full' demo model, or 'tiny' (builds in seconds; smoke runs and tests; source='demo' only).")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading the model.")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
     trust_remote_code: bool = Field(False, description="Allow model code from the folder; off unless you trust the source.")
@@ -274,7 +275,10 @@ class RunConfig(Section):
     run_name: str = Field("demo", description="Name of this run (MLflow run and output folder).")
     seed: int = Field(0, description="Global seed.")
     cache_dir: Path = Field(default_factory=default_cache_dir, description="Where built models and stage results are cached.")
-    output_dir: Path = Field(Path("runs"), description="Where run outputs (stores, tables, patches, reports) are written.")
+    output_dir: Path = Field(
+        default_factory=lambda: Path(os.environ.get("STEERMOE_OUTPUT_DIR") or "runs"),
+        description="Where run outputs (stores, tables, patches, reports) are written; default $STEERMOE_OUTPUT_DIR, else ./runs.",
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     generation: GenerationConfig = Field(default_factory=GenerationConfig)

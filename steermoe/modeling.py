@@ -61,8 +61,10 @@ def register_model_source(scheme: str, resolve: Callable[[Any, str, Path | None]
 
 def _demo_source(model_cfg, argument: str, cache_dir: Path | None) -> Path:
     from steermoe.demo.model import ensure_demo_model
+    from steermoe.demo.recipe import DemoRecipe
 
-    return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch)
+    recipe = DemoRecipe.tiny() if model_cfg.demo_size == "tiny" else None
+    return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch, recipe=recipe)
 
 
 def _demo_shape(model_cfg, argument: str):
@@ -72,7 +74,7 @@ def _demo_shape(model_cfg, argument: str):
     return ModelShape(tuple(range(DEMO_SHAPE["num_layers"])), DEMO_SHAPE["num_experts"], DEMO_SHAPE["experts_per_token"])
 
 
-register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch)", _demo_shape)
+register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch, size: model.demo_size)", _demo_shape)
 
 
 def parse_model_source(source: str) -> tuple[ModelSource | None, str]:

@@ -89,7 +89,7 @@ _SPECS = (
         cli=("steermoe validate",), identity=_prompt_identity,
     ),
     StageSpec(
-        "prepare_model", "prepare model", stages.prepare_model_stage, ("model.source", "model.demo_arch"), (),
+        "prepare_model", "prepare model", stages.prepare_model_stage, ("model.source", "model.demo_arch", "model.demo_size"), (),
         "the base model's folder, weights fingerprint and shape", identity=_model_identity,
     ),
     StageSpec(
