@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["ROOT", "DeploymentSpec", "SPECS", "RETRAIN_CRON", "load_flow", "runner_deployments", "deploy_all", "serve_all", "ensure_work_pool"]
+__all__ = ["ROOT", "DeploymentSpec", "SPECS", "RETRAIN_CRON", "load_flow", "runner_deployments", "deploy_spec", "deploy_all", "serve_all", "ensure_work_pool"]
 
 ROOT = Path(__file__).resolve().parents[1]
 # Mondays 06:00 UTC: a weekly look at whether the prompt sets changed since the champion was trained.
@@ -87,27 +87,24 @@ def ensure_work_pool(name: str, pool_type: str = "process") -> None:
             client.create_work_pool(WorkPoolCreate(name=name, type=pool_type))
 
 
+def deploy_spec(spec: DeploymentSpec, work_pool: str = "steermoe-process", config_path: str | None = None, **options: Any) -> str:
+    """Register one deployment with ``work_pool``; ``options`` go to ``Flow.deploy`` and win over the
+    spec (e.g. ``name``, ``interval`` instead of the cron, ``parameters``, ``concurrency_limit``)."""
+    flow = load_flow(spec.entrypoint)
+    source = flow.from_source(source=str(ROOT), entrypoint=spec.entrypoint)
+    settings: dict[str, Any] = dict(
+        name=spec.name, cron=spec.cron, parameters=_parameters(spec, config_path), description=spec.description, tags=list(spec.tags)
+    )
+    if "interval" in options:
+        settings.pop("cron")
+    settings.update(options)
+    return str(source.deploy(work_pool_name=work_pool, build=False, push=False, print_next_steps=False, ignore_warnings=True, **settings))
+
+
 def deploy_all(work_pool: str = "steermoe-process", config_path: str | None = None) -> dict[str, str]:
     """Register every deployment with ``work_pool`` (a process pool running the code in this checkout)."""
     ensure_work_pool(work_pool)
-    ids = {}
-    for spec in SPECS:
-        flow = load_flow(spec.entrypoint)
-        source = flow.from_source(source=str(ROOT), entrypoint=spec.entrypoint)
-        ids[spec.name] = str(
-            source.deploy(
-                name=spec.name,
-                work_pool_name=work_pool,
-                cron=spec.cron,
-                parameters=_parameters(spec, config_path),
-                description=spec.description,
-                tags=list(spec.tags),
-                build=False,
-                push=False,
-                print_next_steps=False,
-            )
-        )
-    return ids
+    return {spec.name: deploy_spec(spec, work_pool, config_path) for spec in SPECS}
 
 
 def serve_all(config_path: str | None = None) -> None:

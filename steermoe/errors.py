@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import errno
 
-__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError", "WorkerFailed", "describe_os_error"]
+__all__ = ["SteerMoEError", "InputError", "ConfigError", "ValidationFailed", "BitIdentityError", "WorkerFailed", "describe_os_error", "StackError"]
 
 
 class SteerMoEError(Exception):
@@ -61,3 +61,10 @@ def describe_os_error(e: OSError) -> str:
     what = e.strerror or str(e)
     hint = _OS_HINTS.get(e.errno or -1)
     return f"{where}{what}" + (f"; {hint}" if hint else "")
+
+
+class StackError(SteerMoEError):
+    """The local service stack (``steermoe stack``) cannot do what was asked: a port in use, missing
+    PostgreSQL binaries, a service that never became healthy, nothing to stop."""
+
+    exit_code = 3

@@ -17,6 +17,8 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 # On two cores torch's intra-op threads spin against each other (and against subprocesses):
 # one thread per process is many times faster for the tiny models the tests use.
 os.environ.setdefault("OMP_NUM_THREADS", "1")
+# `steermoe run` uses a running `steermoe stack`: tests must never find a developer's (the stack tests pass --dir).
+os.environ["STEERMOE_STACK_DIR"] = str(Path(os.environ.get("TMPDIR", "/tmp")) / f"steermoe-tests-no-stack-{os.getpid()}")
 
 
 def make_prompts(n_safe=12, n_unsafe=12):

