@@ -80,6 +80,10 @@ def test_up_starts_every_service_healthy_clears_stale_pid_files_and_a_second_up_
     for url in (stack.urls["prefect"], stack.urls["mlflow"]):
         assert url in status.stdout
 
+    logs = cli("stack", "logs", "postgres", "-n", "5", "--dir", str(stack.folder), env=stack.env)
+    assert logs.returncode == 0 and "database system is ready to accept connections" in cli("stack", "logs", "--dir", str(stack.folder), env=stack.env).stdout
+    assert "unknown service 'nope'" in one_line_error(cli("stack", "logs", "nope", "--dir", str(stack.folder), env=stack.env))
+
     again = cli("stack", "up", "--dir", str(stack.folder), env=stack.env)
     assert again.returncode == 0 and "already running" in again.stdout, again.stdout + again.stderr
     other = cli("stack", "up", "--dir", str(stack.folder), f"--mlflow-port={free_ports(1)[0]}", env=stack.env)
@@ -111,9 +115,15 @@ def _flow_run(stack, url: str) -> dict:
     return rest(f"{stack.urls['prefect_api']}/flow_runs/{url.rstrip('/').rsplit('/', 1)[1]}")
 
 
-def _log_text(stack, run: dict) -> str:
-    logs = rest(f"{stack.urls['prefect_api']}/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
-    return "\n".join(entry["message"] for entry in logs)
+def _log_text(stack, run: dict, expect: str | None = None, timeout: float = 30) -> str:
+    """The run's log lines; with ``expect``, waits for that text (a run's last logs arrive just after its state)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        logs = rest(f"{stack.urls['prefect_api']}/logs/filter", {"logs": {"flow_run_id": {"any_": [run["id"]]}}, "limit": 200})
+        text = "\n".join(entry["message"] for entry in logs)
+        if expect is None or expect in text or time.monotonic() > deadline:
+            return text
+        time.sleep(1)
 
 
 def _alias(stack, model: str, alias: str) -> str | None:
@@ -238,7 +248,7 @@ def test_the_retrain_schedule_fires_and_registers_a_challenger_only_when_a_promp
         since = datetime(2000, 1, 1, tzinfo=timezone.utc)
         if _alias(stack, model, "champion") is None:  # the UI test did not run: the first scheduled run trains one
             first = _completed_after(stack, deployment_id, since, timeout=300)
-            assert "retraining: no champion yet" in _log_text(stack, first)
+            assert "retraining: no champion yet" in _log_text(stack, first, expect="retraining: no champion yet")
             since = _ended(first)
         champion = _alias(stack, model, "champion")
         assert champion is not None, "no champion to compare the prompt sets with"
@@ -247,7 +257,7 @@ def test_the_retrain_schedule_fires_and_registers_a_challenger_only_when_a_promp
 
         # 1. Unchanged prompt sets: the scheduled run completes and registers nothing.
         unchanged = _completed_after(stack, deployment_id, since, timeout=180)
-        assert "skipped: prompt sets unchanged" in _log_text(stack, unchanged)
+        assert "skipped: prompt sets unchanged" in _log_text(stack, unchanged, expect="skipped: prompt sets unchanged")
         assert len(_versions(stack, model)) == registered
 
         # 2. One prompt edited: the next run that starts afterwards trains a new challenger carrying the new fingerprint.
@@ -258,7 +268,7 @@ def test_the_retrain_schedule_fires_and_registers_a_challenger_only_when_a_promp
         assert new_fp != old_fp
         edited = datetime.now(timezone.utc)
         changed = _completed_after(stack, deployment_id, max(edited, _ended(unchanged)), timeout=300)
-        assert "retraining: prompt sets changed" in _log_text(stack, changed)
+        assert "retraining: prompt sets changed" in _log_text(stack, changed, expect="retraining: prompt sets changed")
         challenger = _alias(stack, model, "challenger")
         assert int(challenger) > int(champion)
         assert _tags(stack, model, challenger)["prompts.fingerprint"] == new_fp

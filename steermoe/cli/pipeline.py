@@ -166,7 +166,7 @@ def deploy(
 
     use_running_stack()
     if not os.environ.get("PREFECT_API_URL"):
-        raise InputError("deploy: no Prefect server; start `steermoe stack up` (or docker compose up), or export PREFECT_API_URL=http://127.0.0.1:4200/api")
+        raise InputError("deploy: PREFECT_API_URL is not set and no `steermoe stack` is running; start one with `steermoe stack up` (or docker compose up), or export PREFECT_API_URL=http://127.0.0.1:4200/api")
     from steermoe.servers import check_prefect_api
 
     check_prefect_api()

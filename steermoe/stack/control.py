@@ -192,6 +192,7 @@ def up(
 
 def _stop_service(layout: StackLayout, name: str) -> bool:
     pid = read_pid(layout.pid_file(name))
+    # SIGINT is Postgres' "fast" shutdown; its SIGTERM waits for every client to leave.
     first = signal.SIGINT if name == "postgres" else signal.SIGTERM
     # The worker waits for the API on SIGTERM and may linger; Postgres' fast shutdown takes a moment.
     killed = stop(pid, _marker(layout), first_signal=first, grace=20.0 if name == "postgres" else 10.0) if pid else False
@@ -238,8 +239,7 @@ def status(layout: StackLayout) -> list[ServiceState]:
     if state is None:
         raise StackError(f"no stack in {layout.root}; start one with `steermoe stack up`")
     checks = health_checks(layout, state)
-    worker_url = f"{state['urls']['prefect']}/work-pools/work-pool/{WORK_POOL}"
-    shown = {**state["urls"], "worker": worker_url}
+    shown = urls(state["ports"])
     rows = []
     for name in SERVICES:
         pid = read_pid(layout.pid_file(name))

@@ -38,20 +38,19 @@ class Service:
     env: dict[str, str]
     healthy: Callable[[], bool]
     url: str = ""
-    port: int | None = None
     cwd: Path | None = None
     user: str | None = None
-    stop_signal: str = "SIGTERM"
 
 
 def urls(ports: dict[str, int]) -> dict[str, str]:
-    """What a user (or the CLI) points at: the UIs, the Prefect API, the Postgres address."""
+    """What a user (or the CLI) points at: the UIs, the Prefect API, the Postgres address, the worker's pool page."""
     prefect = f"http://127.0.0.1:{ports['prefect']}"
     return {
         "postgres": f"postgresql://{postgres.USER}@127.0.0.1:{ports['postgres']}",
         "prefect": prefect,
         "prefect_api": f"{prefect}/api",
         "mlflow": f"http://127.0.0.1:{ports['mlflow']}",
+        "worker": f"{prefect}/work-pools/work-pool/{WORK_POOL}",
     }
 
 
@@ -152,10 +151,8 @@ def build_services(layout: StackLayout, state: dict, bin_dir: Path, pg_data: Pat
             {k: v for k, v in _base_env().items() if not k.startswith("PG")},
             checks["postgres"],
             url=u["postgres"],
-            port=ports["postgres"],
             cwd=pg_data.parent,
             user=postgres.server_user(),
-            stop_signal="SIGINT",  # Postgres' "fast" shutdown; SIGTERM waits for every client to leave
         ),
         "prefect": Service(
             "prefect",
@@ -163,7 +160,6 @@ def build_services(layout: StackLayout, state: dict, bin_dir: Path, pg_data: Pat
             prefect_env,
             checks["prefect"],
             url=u["prefect"],
-            port=ports["prefect"],
         ),
         "mlflow": Service(
             "mlflow",
@@ -174,14 +170,13 @@ def build_services(layout: StackLayout, state: dict, bin_dir: Path, pg_data: Pat
             mlflow_env,
             checks["mlflow"],
             url=u["mlflow"],
-            port=ports["mlflow"],
         ),
         "worker": Service(
             "worker",
             [python, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process", "--name", WORKER_NAME],
             worker_env,
             checks["worker"],
-            url=f"{u['prefect']}/work-pools/work-pool/{WORK_POOL}",
+            url=u["worker"],
             cwd=CHECKOUT,
         ),
     }
