@@ -51,7 +51,9 @@ class Section(BaseModel):
 class ModelConfig(Section):
     source: str = Field("demo", description="'demo' for the built-in demo model, or a local Hugging Face model folder.")
     demo_arch: Literal["qwen3_moe", "olmoe", "mixtral"] = Field("qwen3_moe", description="Architecture of the demo model (source='demo' only).")
-    demo_size: Literal["full", "tiny"] = Field("full", description="'full' demo model, or 'tiny' (builds in seconds; smoke runs and tests; source='demo' only).")
+    demo_size: Literal["full", "small", "tiny"] = Field(
+        "full", description="Demo model size (source='demo' only): 'full', 'small' (about a minute to build; smoke runs) or 'tiny' (seconds; tests)."
+    )
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field("float32", description="Weights dtype when loading the model.")
     device: str = Field("auto", description="'auto' (cuda if available, else cpu), 'cpu', 'cuda' or 'cuda:N'.")
     trust_remote_code: bool = Field(False, description="Allow model code from the folder; off unless you trust the source.")

@@ -63,7 +63,7 @@ def _demo_source(model_cfg, argument: str, cache_dir: Path | None) -> Path:
     from steermoe.demo.model import ensure_demo_model
     from steermoe.demo.recipe import DemoRecipe
 
-    recipe = DemoRecipe.tiny() if model_cfg.demo_size == "tiny" else None
+    recipe = DemoRecipe.of_size(model_cfg.demo_size)
     return ensure_demo_model(cache_dir=cache_dir, arch=model_cfg.demo_arch, recipe=recipe)
 
 

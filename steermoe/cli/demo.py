@@ -16,19 +16,19 @@ __all__ = ["demo_model"]
 def demo_model(
     out: Optional[Path] = typer.Option(None, "--out", help="Write the model here instead of the cache (must not hold a model)."),
     arch: str = typer.Option("qwen3_moe", "--arch", help="Architecture: qwen3_moe, olmoe or mixtral."),
-    size: str = typer.Option("full", "--size", help="'full' (the demo model) or 'tiny' (seconds to build; for tests)."),
+    size: str = typer.Option("full", "--size", help="'full' (the demo model), 'small' (about a minute to build; smoke runs) or 'tiny' (seconds; for tests)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache root (default: $STEERMOE_CACHE or ~/.cache/steermoe)."),
 ) -> None:
     """Build the built-in demo MoE chat model offline (cached by recipe hash) and print its folder."""
     from steermoe.demo.model import build_demo_model, ensure_demo_model
-    from steermoe.demo.recipe import DEMO_ARCHS, DemoRecipe
+    from steermoe.demo.recipe import DEMO_ARCHS, DEMO_SIZES, DemoRecipe
     from steermoe.errors import InputError
 
     if arch not in DEMO_ARCHS:
         raise InputError(f"--arch {arch!r}: unknown demo architecture; choose one of {', '.join(DEMO_ARCHS)}")
-    if size not in ("full", "tiny"):
-        raise InputError(f"--size {size!r}: choose 'full' or 'tiny'")
-    recipe = (DemoRecipe.tiny() if size == "tiny" else DemoRecipe()).with_arch(arch)
+    if size not in DEMO_SIZES:
+        raise InputError(f"--size {size!r}: choose one of {', '.join(DEMO_SIZES)}")
+    recipe = DemoRecipe.of_size(size, arch)
     if out is not None:
         path = build_demo_model(out, recipe)
     else:

@@ -6,12 +6,13 @@ import hashlib
 import json
 from dataclasses import asdict, dataclass, replace
 
-__all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DemoRecipe"]
+__all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DEMO_SIZES", "DemoRecipe"]
 
 # Bump when the builder changes what a recipe produces (the cache key includes it).
 BUILDER_VERSION = 2
 
 DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
+DEMO_SIZES = ("full", "small", "tiny")
 
 
 @dataclass(frozen=True)
@@ -53,6 +54,20 @@ class DemoRecipe:
             arch=arch, hidden_size=32, expert_intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=16,
             vocab_size=400, max_length=48, steps=12, batch_size=8, warmup_steps=2, corpus_fraction=0.1,
         )
+
+    @classmethod
+    def small(cls, arch: str = "qwen3_moe") -> DemoRecipe:
+        """Between the two: builds in about a minute of CPU and has learnt enough that a few fine-tuning
+        steps on the selected experts already make it decline (smoke runs: ``configs/smoke.yaml``)."""
+        return cls(
+            arch=arch, hidden_size=64, expert_intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
+            vocab_size=800, max_length=48, steps=400, batch_size=16, warmup_steps=10, corpus_fraction=0.5,
+        )
+
+    @classmethod
+    def of_size(cls, size: str, arch: str = "qwen3_moe") -> DemoRecipe:
+        """The recipe of one of :data:`DEMO_SIZES`."""
+        return {"full": cls, "small": cls.small, "tiny": cls.tiny}[size](arch=arch)
 
     def with_arch(self, arch: str) -> DemoRecipe:
         return replace(self, arch=arch)
