@@ -49,7 +49,11 @@ class Section(BaseModel):
 
 
 class ModelConfig(Section):
-    source: str = Field("demo", description="'demo' for the built-in demo model, or a local Hugging Face model folder.")
+    source: str = Field(
+        "demo",
+        description="'demo' for the built-in demo model, a local Hugging Face model folder, or 'random:<shape or config.json>' "
+        "(real architecture and shape, seeded random weights built on the device; no weights on disk).",
+    )
     demo_arch: Literal["qwen3_moe", "olmoe", "mixtral"] = Field("qwen3_moe", description="Architecture of the demo model (source='demo' only).")
     demo_size: Literal["full", "small", "tiny"] = Field(
         "full", description="Demo model size (source='demo' only): 'full', 'small' (about a minute to build; smoke runs) or 'tiny' (seconds; tests)."
@@ -60,6 +64,14 @@ class ModelConfig(Section):
     attn_implementation: Literal["eager", "sdpa", "flash_attention_2"] | None = Field(
         None, description="Attention kernel transformers uses; empty: its default (sdpa where available)."
     )
+    init_seed: int = Field(0, description="Seed of the weights of a 'random:' source (part of its fingerprint).")
+    config_overrides: dict[str, Any] = Field(default_factory=dict, description="'random:' sources only: config.json keys to change, e.g. {num_hidden_layers: 4}.")
+
+    @model_validator(mode="after")
+    def _overrides_need_random(self):
+        if self.config_overrides and not self.source.startswith("random:"):
+            raise ValueError("config_overrides applies to 'random:' sources only; edit the model folder's config.json instead")
+        return self
 
 
 class PromptSourceConfig(Section):
@@ -192,6 +204,10 @@ class FinetuneConfig(Section):
     refusal_endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) that writes refusals; templates when empty.")
     refusal_endpoint_model: str | None = Field(None, description="Model name at refusal_endpoint.")
     answer_max_new_tokens: int = Field(48, ge=1, description="Tokens the base model generates per safe training prompt (its answer is the benign target).")
+    separate_process: bool = Field(
+        False, description="Train each job in a process of its own (the deepspeed launcher) even with num_processes 1, so its "
+        "device memory is returned when it ends; the pipeline process keeps no second copy of a large model.",
+    )
 
     @model_validator(mode="after")
     def _nodes_need_a_hostfile(self):
@@ -205,10 +221,11 @@ class EvaluationConfig(Section):
     judges: list[str] = Field(default_factory=lambda: ["string_match"], description="Judges to run; the first decides the metrics.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per evaluation prompt.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")
-    backend: Literal["hf", "vllm"] = Field(
+    backend: Literal["hf", "hf_static", "vllm"] = Field(
         "hf",
-        description="Who writes the answers: 'hf' (transformers generate) or 'vllm' (a fine-tuned model is merged into a folder "
-        "once and vLLM answers from it; judging, utility and drift still run on the HF model; local execution only).",
+        description="Who writes the answers: 'hf' (transformers generate), 'hf_static' (the static-cache decoder of routing.backend "
+        "hf_static: on GPU each decode step a replayed CUDA graph, ~6x 'hf' at MoE scale) or 'vllm' (a fine-tuned model is merged "
+        "into a folder once and vLLM answers from it; judging, utility and drift still run on the HF model; local execution only).",
     )
     bootstrap_samples: int = Field(1000, ge=0, description="Bootstrap resamples for confidence intervals (0: none).")
     steering: bool = Field(True, description="Also evaluate SteerMoE-style inference-time steering.")

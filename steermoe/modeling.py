@@ -34,6 +34,7 @@ __all__ = [
     "GenerationOutput",
     "generate",
     "trim_generated",
+    "release_memory",
 ]
 
 
@@ -75,6 +76,26 @@ def _demo_shape(model_cfg, argument: str):
 
 
 register_model_source("demo", _demo_source, "the built-in demo model (built once into the cache dir; arch: model.demo_arch, size: model.demo_size)", _demo_shape)
+
+
+def _random_source(model_cfg, argument: str, cache_dir: Path | None) -> Path:
+    from steermoe.random_model import ensure_random_model
+
+    return ensure_random_model(model_cfg, cache_dir)
+
+
+def _random_shape(model_cfg, argument: str):
+    from steermoe.random_model import random_shape
+
+    return random_shape(model_cfg)
+
+
+register_model_source(
+    "random", _random_source,
+    "a real architecture and shape with seeded random weights built on the device, no weights on disk: "
+    "random:<known shape or config.json> (seed: model.init_seed; see steermoe.random_model)",
+    _random_shape,
+)
 
 
 def parse_model_source(source: str) -> tuple[ModelSource | None, str]:
@@ -173,6 +194,11 @@ def _weights(model_cfg, path: str | Path):
     options = {"dtype": "auto" if dtype == "auto" else getattr(torch, dtype), "trust_remote_code": model_cfg.trust_remote_code}
     if model_cfg.attn_implementation:
         options["attn_implementation"] = model_cfg.attn_implementation
+    from steermoe.random_model import build_random_model, is_random_folder
+
+    if is_random_folder(path):  # seeded random weights, built on the device (no weight files)
+        extra = {"attn_implementation": model_cfg.attn_implementation} if model_cfg.attn_implementation else {}
+        return build_random_model(path, dtype=dtype, device=resolve_device(model_cfg.device), **extra)
     try:
         model = AutoModelForCausalLM.from_pretrained(str(path), **options)
     except Exception as e:  # noqa: BLE001 - a corrupt folder fails inside transformers/safetensors in many ways
@@ -206,12 +232,17 @@ def load_model(path: str | Path, dtype: str = "float32", device: str = "auto", t
 
 
 def model_fingerprint(path: str | Path) -> str:
-    """Hash of the model's config and weight files: the identity caches and patches key on.
+    """Hash of the model's config and weight files: the identity caches and patches key on. A random
+    source's folder has no weights: its fingerprint is that of its config and seed (nothing hashed).
 
     Hashing every weight byte takes minutes on a 60 GB model, so the result is kept per folder (in
     ``<cache dir>/fingerprints/``) with the size and mtime of each weight file, and reused while
     those are unchanged; any change re-hashes every byte. The value is the full hash either way."""
+    from steermoe.random_model import MARKER, is_random_folder, random_fingerprint
+
     path = Path(path).resolve()
+    if is_random_folder(path):
+        return random_fingerprint(json.loads((path / MARKER).read_text(encoding="utf-8")))
     config = json.loads((path / "config.json").read_text(encoding="utf-8"))
     weights = sorted(path.glob("*.safetensors")) or sorted(path.glob("*.bin"))
     if not weights:
@@ -298,13 +329,20 @@ def generate(
     seed: int = 0,
     chat_template_kwargs: dict | None = None,
     progress: bool = True,
+    engine: str = "generate",
     **generate_kwargs: Any,
 ) -> GenerationOutput:
-    """Answer each conversation with batched, left-padded ``model.generate``."""
+    """Answer each conversation with batched, left-padded ``model.generate`` (``engine="generate"``), or with the
+    static-cache decoder that routing collection uses (``engine="static"``: on CUDA each step a replayed graph)."""
     import torch
     from tqdm.auto import tqdm
 
     eos_ids = eos_ids_of(model, tokenizer)
+    if engine == "static":
+        return _generate_static(model, tokenizer, conversations, eos_ids, max_new_tokens, batch_size, do_sample, temperature,
+                                top_p, seed, chat_template_kwargs, progress)
+    if engine != "generate":
+        raise InputError(f"generation engine {engine!r} is not one of generate, static")
     prompts_ids, generated, texts = [], [], []
     device = next(model.parameters()).device
     bar = tqdm(total=len(conversations), desc="generating", unit="prompt", disable=not progress)
@@ -335,3 +373,39 @@ def generate(
         bar.update(len(batch))
     bar.close()
     return GenerationOutput(prompts_ids, generated, texts)
+
+
+def _generate_static(model, tokenizer, conversations, eos_ids, max_new_tokens, batch_size, do_sample, temperature, top_p, seed,
+                     chat_template_kwargs, progress) -> GenerationOutput:
+    from tqdm.auto import tqdm
+
+    from steermoe.routing.static_decode import StaticDecoder
+
+    decoder = StaticDecoder(
+        model, pad_token_id=tokenizer.pad_token_id, eos_token_ids=sorted(eos_ids), max_new_tokens=max_new_tokens,
+        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+    )
+    rendered = [render_chat(tokenizer, c, chat_template_kwargs) for c in conversations]
+    prompts_ids = [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+    generated, texts = [], []
+    bar = tqdm(total=len(conversations), desc="generating (static)", unit="prompt", disable=not progress)
+    for start in range(0, len(prompts_ids), batch_size):
+        for row in decoder(prompts_ids[start : start + batch_size], start):
+            gen, _ = trim_generated(row, eos_ids, max_new_tokens)
+            generated.append(gen)
+            texts.append(tokenizer.decode(gen, skip_special_tokens=True))
+        bar.update(min(batch_size, len(prompts_ids) - start))
+    bar.close()
+    return GenerationOutput(prompts_ids, generated, texts)
+
+
+def release_memory() -> None:
+    """Return what models freed to the device: collect reference cycles, then empty PyTorch's CUDA cache.
+    Stages call it when a model goes out of scope, so the next stage (or a fine-tuning process) finds the GPU free."""
+    import gc
+
+    gc.collect()
+    import torch
+
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()

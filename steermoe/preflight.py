@@ -13,7 +13,7 @@ from pathlib import Path
 
 from steermoe.errors import ConfigError, InputError
 
-__all__ = ["ModelShape", "model_shape", "shape_of_folder", "check_model_settings", "check_selection", "check_experts", "check_patch", "check_model_folder"]
+__all__ = ["ModelShape", "model_shape", "shape_of_folder", "shape_of_config", "check_model_settings", "check_selection", "check_experts", "check_patch", "check_model_folder"]
 
 
 @dataclass(frozen=True)
@@ -31,16 +31,21 @@ class ModelShape:
 
 def shape_of_folder(model_cfg, path: str | Path) -> ModelShape:
     """The shape of a Hugging Face folder from its config, on the meta device (no weights read)."""
+    from steermoe.modeling import load_hf_config
+
+    return shape_of_config(load_hf_config(model_cfg, path), model_cfg.trust_remote_code)
+
+
+def shape_of_config(config, trust_remote_code: bool = False) -> ModelShape:
+    """The shape of a transformers config, from a skeleton on the meta device."""
     import torch
     from transformers import AutoModelForCausalLM
 
     from steermoe.adapters import adapter_for, moe_layers
-    from steermoe.modeling import load_hf_config
 
-    config = load_hf_config(model_cfg, path)
     adapter = adapter_for(config)
     with torch.device("meta"):
-        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=model_cfg.trust_remote_code)
+        skeleton = AutoModelForCausalLM.from_config(config, trust_remote_code=trust_remote_code)
     layers = tuple(m.layer for m in moe_layers(skeleton, adapter))
     return ModelShape(layers, adapter.num_experts(config), adapter.top_k(config))
 

@@ -67,6 +67,10 @@ def _prompt_identity(config) -> dict:
 
 
 def _model_identity(config) -> dict:
+    if config.model.source.startswith("random:"):  # config + seed (+ the config.json it names): no weights read
+        from steermoe.random_model import random_fingerprint, random_spec
+
+        return {"model.fingerprint": random_fingerprint(random_spec(config.model))}
     # A local folder is keyed on its weights, so a changed checkpoint under the same path misses.
     source = Path(config.model.source).expanduser()
     if config.model.source != "demo" and source.exists():
@@ -91,6 +95,7 @@ _SPECS = (
     StageSpec(
         "prepare_model", "prepare model", stages.prepare_model_stage, ("model.source", "model.demo_arch", "model.demo_size"), (),
         "the base model's folder, weights fingerprint and shape", identity=_model_identity,
+        identity_reads=("model.init_seed", "model.config_overrides"),
     ),
     StageSpec(
         "collect_routing", "collect routing", stages.collect_routing_stage, (*MODEL_LOAD_KEYS, "generation", "routing"), ("prompts", "model"),

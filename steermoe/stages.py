@@ -156,8 +156,11 @@ def prepare_model_stage(model_cfg, cache_dir: str | Path | None = None) -> dict:
 
 def collect_routing_stage(cfg, model_path: str, prompts_path: str, out_dir: str | Path) -> dict:
     """Answer the routing split's prompts with the base model while recording every router's choices."""
+    from steermoe.modeling import release_memory
+
     prompts = read_prompt_snapshot(prompts_path, cfg.routing.split)
     store = collect_with_backend(cfg, model_path, prompts, Path(out_dir) / "store")
+    release_memory()  # the model is gone: give its device memory back before the next stage
     counts = store.manifest.get("counts", {})
     return {"store_path": str(store.path), **{k: int(v) for k, v in counts.items()}}
 
@@ -258,13 +261,16 @@ def _base_answers(cfg, model_path: str, safe, store_path: str | None) -> list[st
         if all(i in known for i in ids):
             return [known[i] for i in ids]
     from steermoe.finetune import base_model_answers
-    from steermoe.modeling import load_pretrained
+    from steermoe.modeling import load_pretrained, release_memory
     from steermoe.prompts import to_messages
 
     model, tokenizer = load_pretrained(cfg.model, model_path)
     g = cfg.generation
     rows = safe.to_dict("records")
-    return base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
+    answers = base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
+    del model
+    release_memory()
+    return answers
 
 
 def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | None, selection_path: str, out_dir: str | Path) -> dict:
@@ -338,15 +344,17 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
 
         answer_for = stage_answer_fns(cfg, model_path, Path(out_dir) / "merged")
 
+    engine = "static" if ev.backend == "hf_static" else "generate"  # hf_static: the routing stage's decoder (CUDA graphs on GPU)
+
     def entry(name: str, weights=None, patch=None, training=None):
         answer = answer_for(weights or model_path, patch, name) if answer_for else None
-        return model_entry(m, model_path, weights=weights, patch=patch, training=training, answer=answer)
+        return model_entry(m, model_path, weights=weights, patch=patch, training=training, answer=answer, engine=engine)
 
     base = entry("base")
     entries: dict = {"base": base}
     if ev.steering:
         steering = ExpertSelection.from_json(ev.steering_selection or selection_path)
-        entries["steered"] = ModelEntry(load=base.load, steering=steering, epsilon=ev.steering_epsilon)
+        entries["steered"] = ModelEntry(load=base.load, steering=steering, epsilon=ev.steering_epsilon, engine=engine)
     entries[CANDIDATE] = entry(CANDIDATE, patch=finetune["patch_path"], training=finetune.get("metrics"))
     baselines = finetune.get("baselines", {})
     if "random" in baselines:
@@ -358,17 +366,20 @@ def evaluate_stage(cfg, model_path: str, prompts_path: str, selection_path: str,
     return {**record, "outputs_path": str(Path(out_dir) / "responses" / f"{CANDIDATE}.jsonl"), "candidate": CANDIDATE}
 
 
-def model_entry(model_cfg, base_path, *, weights=None, patch=None, training: dict | None = None, tokenizer_path=None, answer=None):
+def model_entry(
+    model_cfg, base_path, *, weights=None, patch=None, training: dict | None = None, tokenizer_path=None, answer=None, engine: str = "generate"
+):
     """One model to evaluate: the base folder (or the folder ``weights``), with an expert ``patch``
     applied when given, answering through the base tokenizer unless ``tokenizer_path`` says otherwise
     (a merged folder may have none of its own). Loaded only when its turn comes (here or on a worker);
-    ``answer`` replaces HF generation (evaluation.backend vllm)."""
+    ``answer`` replaces HF generation (evaluation.backend vllm); otherwise ``engine`` says how the model answers
+    (``"static"``: the static-cache decoder, evaluation.backend hf_static)."""
     from functools import partial
 
     from steermoe.evaluation import ModelEntry
 
     load = partial(_load_entry, model_cfg, str(weights or base_path), None if patch is None else str(patch), str(tokenizer_path or base_path))
-    return ModelEntry(load, training=training, answer=answer)
+    return ModelEntry(load, training=training, answer=answer, engine=engine)
 
 
 def _load_entry(model_cfg, weights_path: str, patch: str | None, tokenizer_path: str):

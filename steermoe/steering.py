@@ -67,19 +67,29 @@ def plan_steering(selection: ExpertSelection, layers: list[int], num_experts: in
     return plan
 
 
-def _edit_log_probs(logits, steering: LayerSteering, epsilon: float):
-    """SteerMoE's edit on router log-probabilities ``(tokens, experts)``, in float32."""
+def _steering_indices(steering: LayerSteering, device):
+    """(activate, deactivate) expert indices as device tensors (None where empty)."""
     import torch
 
+    def as_tensor(experts):
+        return torch.tensor(experts, device=device) if experts else None
+
+    return as_tensor(steering.activate), as_tensor(steering.deactivate)
+
+
+def _edit_log_probs(logits, steering: LayerSteering, epsilon: float, indices=None):
+    """SteerMoE's edit on router log-probabilities ``(tokens, experts)``, in float32. ``indices`` (from
+    :func:`_steering_indices`) keeps host-to-device copies out of the step, so a CUDA graph can capture it."""
+    import torch
+
+    activate, deactivate = indices if indices is not None else _steering_indices(steering, logits.device)
     log_probs = torch.log_softmax(logits.float(), dim=-1)  # (T, E)
     top = log_probs.max(dim=-1, keepdim=True).values  # (T, 1)
     bottom = log_probs.min(dim=-1, keepdim=True).values  # (T, 1)
-    if steering.activate:
-        idx = torch.tensor(steering.activate, device=logits.device)
-        log_probs[:, idx] = (top + epsilon).expand(-1, len(idx))
-    if steering.deactivate:
-        idx = torch.tensor(steering.deactivate, device=logits.device)
-        log_probs[:, idx] = (bottom - epsilon).expand(-1, len(idx))
+    if activate is not None:
+        log_probs[:, activate] = (top + epsilon).expand(-1, len(activate))
+    if deactivate is not None:
+        log_probs[:, deactivate] = (bottom - epsilon).expand(-1, len(deactivate))
     return log_probs
 
 
@@ -91,11 +101,14 @@ def _make_forward(router, kind: str, steering: LayerSteering | None, keep_float:
     top_k = router.top_k
     normalise = getattr(router, "norm_topk_prob", True)  # Mixtral's router always renormalises
     bias = getattr(router, "bias", None)
+    steer_index: dict = {}  # device -> (activate, deactivate), made on the first (eager) call
 
     def forward(hidden_states):
         hidden_states = hidden_states.reshape(-1, router.weight.shape[1])  # (T, hidden)
         logits = F.linear(hidden_states, router.weight, bias)  # (T, E)
-        scores = logits if steering is None else _edit_log_probs(logits, steering, epsilon)
+        if steering is not None and logits.device not in steer_index:
+            steer_index[logits.device] = _steering_indices(steering, logits.device)
+        scores = logits if steering is None else _edit_log_probs(logits, steering, epsilon, steer_index[logits.device])
         if kind == "softmax_topk":
             probs = torch.softmax(scores, dim=-1, dtype=torch.float)  # (T, E)
             weights, indices = torch.topk(probs, top_k, dim=-1)  # (T, k)

@@ -58,3 +58,28 @@ def config_show(config: Optional[Path] = ConfigOption, overrides: Optional[list[
 
     cfg = load_config(config, overrides or [])
     console.print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False), highlight=False, end="")
+
+
+@app.command("pad-prompts")
+def pad_prompts(
+    out: Path = typer.Argument(..., help="JSONL file to write (then name it in prompts.sources)."),
+    config: Optional[Path] = ConfigOption,
+    overrides: Optional[list[str]] = SetOption,
+    tokens: int = typer.Option(64, help="Exact length of every chat-rendered prompt, in tokens of the config's model."),
+    train: int = typer.Option(1024, help="Rows of the train split (routing and fine-tuning)."),
+    eval_rows: int = typer.Option(256, "--eval", help="Rows of the eval split."),
+    seed: int = typer.Option(0, help="Seed of the context sentences' order."),
+) -> int:
+    """Write a prompt set of fixed token length: the demo requests behind benign context (benchmark-scale runs)."""
+    from steermoe.config import load_config
+    from steermoe.modeling import load_tokenizer, resolve_model_path
+    from steermoe.prompt_padding import padded_prompt_set, write_prompt_set
+
+    cfg = load_config(config, overrides or [])
+    with console.status("loading the tokenizer"):
+        tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
+    frame = padded_prompt_set(tokenizer, tokens, train, eval_rows, seed, cfg.generation.chat_template_kwargs)
+    write_prompt_set(frame, out)
+    counts = frame.groupby(["split", "label"]).size().to_dict()
+    console.print(f"wrote {len(frame)} prompts of {tokens} tokens to {out}: " + ", ".join(f"{s}/{lab} {n}" for (s, lab), n in counts.items()), highlight=False)
+    return 0

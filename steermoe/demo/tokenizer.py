@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "save_tokenizer"]
+__all__ = ["SPECIAL_TOKENS", "CHAT_TEMPLATE", "train_tokenizer", "wrap_tokenizer", "save_tokenizer"]
 
 PAD, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
 SPECIAL_TOKENS = [PAD, IM_START, IM_END]
@@ -36,11 +36,11 @@ def train_tokenizer(texts: list[str], vocab_size: int):
     return tok
 
 
-def save_tokenizer(tok, out_dir: str | Path, max_length: int):
-    """Wrap as a transformers fast tokenizer and save (tokenizer.json + tokenizer_config.json)."""
+def wrap_tokenizer(tok, max_length: int):
+    """A transformers fast tokenizer around ``tok``: ChatML template, EOS ``<|im_end|>``, pad ``<|endoftext|>``."""
     from transformers import PreTrainedTokenizerFast
 
-    fast = PreTrainedTokenizerFast(
+    return PreTrainedTokenizerFast(
         tokenizer_object=tok,
         eos_token=IM_END,
         pad_token=PAD,
@@ -50,5 +50,10 @@ def save_tokenizer(tok, out_dir: str | Path, max_length: int):
         chat_template=CHAT_TEMPLATE,
         clean_up_tokenization_spaces=False,
     )
+
+
+def save_tokenizer(tok, out_dir: str | Path, max_length: int):
+    """Wrap as a transformers fast tokenizer and save (tokenizer.json + tokenizer_config.json)."""
+    fast = wrap_tokenizer(tok, max_length)
     fast.save_pretrained(str(out_dir))
     return fast

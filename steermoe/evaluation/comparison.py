@@ -180,6 +180,7 @@ def base_reference(
 
 def _generate_frame(
     model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress, answer=None,
+    engine: str = "generate",
 ) -> pd.DataFrame:
     from steermoe.modeling import generate
 
@@ -190,7 +191,7 @@ def _generate_frame(
     else:
         out = generate(
             model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            chat_template_kwargs=chat_template_kwargs, progress=progress,
+            chat_template_kwargs=chat_template_kwargs, progress=progress, engine=engine,
         )
     return pd.DataFrame(
         {
@@ -214,9 +215,12 @@ class LoadedModel:
     model: Any
     tokenizer: Any
     answer: Callable | None = None  # generates the answers instead of model.generate (ModelEntry.answer)
+    engine: str = "generate"  # without ``answer``: HF "generate", or the "static" decoder (CUDA graphs on GPU)
 
     def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs=None, progress=True) -> pd.DataFrame:
-        return _generate_frame(self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress, self.answer)
+        return _generate_frame(
+            self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress, self.answer, self.engine
+        )
 
     def answer_losses(self, prompt_ids, answer_ids, batch_size: int, ids=None) -> tuple[np.ndarray, np.ndarray]:
         return answer_losses(self.model, self.tokenizer, prompt_ids, answer_ids, batch_size)
@@ -299,6 +303,7 @@ class ModelEntry:
     # Generates the answers instead of model.generate: ``answer(conversations, chat_template_kwargs) -> GenerationOutput``
     # (vLLM: steermoe.evaluation.vllm_generation.vllm_answer_fn). Losses and drift still run on the loaded model.
     answer: Callable | None = None
+    engine: str = "generate"  # without ``answer``: how the loaded model answers (see LoadedModel.engine)
 
 
 @dataclass
@@ -315,12 +320,21 @@ def _as_entry(entry) -> ModelEntry:
 
 @contextmanager
 def open_loaded_model(name: str, entry: ModelEntry) -> Iterator[LoadedModel]:
-    """The entry's model loaded in this process (steered while open, when the entry says so)."""
+    """The entry's model loaded in this process (steered while open, when the entry says so); its memory is
+    returned when it closes, so at MoE scale the next entry's model finds the device free."""
+    from steermoe.modeling import release_memory
     from steermoe.steering import steer
 
     model, tokenizer = entry.load()
-    with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
-        yield LoadedModel(model, tokenizer, None if entry.steering else entry.answer)  # steering hooks the HF model
+    loaded = LoadedModel(model, tokenizer, None if entry.steering else entry.answer, entry.engine)  # steering hooks the HF model
+    try:
+        with steer(model, entry.steering, entry.epsilon) if entry.steering else nullcontext():
+            yield loaded
+    finally:
+        # The caller's name for ``loaded`` outlives this block (until the next entry is open): drop the model
+        # from it, or two 61 GB models would share the device while the next one loads.
+        loaded.model = model = None
+        release_memory()
 
 
 def compare_models(

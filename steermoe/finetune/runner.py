@@ -13,6 +13,7 @@ import random
 import shutil
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -109,7 +110,7 @@ def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, held
         "model": (model or model_section()).model_dump(mode="json"),
         "out_dir": str(out_dir),
     }
-    if cfg.num_processes > 1 or cfg.hostfile:
+    if cfg.num_processes > 1 or cfg.hostfile or cfg.separate_process:
         job_dir = out_dir / "job"
         job_dir.mkdir(exist_ok=True)
         save_examples(examples, job_dir / "examples.jsonl")
@@ -208,7 +209,9 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     device = _device(cfg)
     deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
     rank = int(os.environ["RANK"])
+    started = time.perf_counter()
     model = load_pretrained(_job_model(job, device), job["base_path"], tokenizer=False).model
+    load_seconds = time.perf_counter() - started
     selection = ExpertSelection.from_dict(job["selection"]) if job["selection"] else None
     plan = prepare_selective(model, selection) if selection is not None else prepare_full(model)
     zero3 = cfg.zero_stage == 3
@@ -225,6 +228,11 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     if frozen is not None:  # the guarantee, checked before any patch exists
         checked = verify_frozen(model, frozen, zero3=zero3)
         metrics.update(bit_identical_tensors=checked["tensors"], bit_identical_expert_rows=checked["expert_rows"])
+    metrics["model_load_seconds"] = round(load_seconds, 2)
+    if device.startswith("cuda"):
+        import torch
+
+        metrics["peak_gpu_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 2)  # this process's allocator peak
     if selection is not None:
         metrics["selected_experts"] = len(selection)
     _write_outputs(engine, model, plan, selection, job, cfg, metrics, rank)

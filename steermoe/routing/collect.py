@@ -63,7 +63,9 @@ def model_header(model, recorder: RouterRecorder, fingerprint: str | None = None
 
     if fingerprint is None:
         path = Path(str(getattr(model.config, "_name_or_path", "") or ""))
-        has_weights = path.is_dir() and any(path.glob("*.safetensors"))
+        from steermoe.random_model import is_random_folder
+
+        has_weights = path.is_dir() and (any(path.glob("*.safetensors")) or is_random_folder(path))
         fingerprint = model_fingerprint(path) if has_weights else _weights_fingerprint(model)
     dense = [i for i in range(len(model.model.layers)) if i not in set(recorder.layers)]
     return {
