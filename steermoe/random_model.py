@@ -246,20 +246,6 @@ def build_random_model(path: str | Path, dtype: str = "float32", device: str = "
     return model.eval()
 
 
-_M32 = (1 << 32) - 1
-# Multipliers below 2**31, so a 32-bit value times one stays inside int64 (no overflow, exact on every device).
-_MUL = (0x7FEB352D, 0x2C1B3C6D, 0x297A2D39, 0x68E31DA5)
-
-
-def _mix32_(x, k: int):
-    """In-place 32-bit integer hash (xorshift-multiply rounds) of an int64 tensor holding values < 2**32."""
-    for i, mul in enumerate(_MUL[k : k + 2]):
-        x.bitwise_xor_(x >> (16 if i == 0 else 15))
-        x.mul_(mul).bitwise_and_(_M32)
-    x.bitwise_xor_(x >> 16)
-    return x
-
-
 def _key(seed: int, name: str) -> tuple[int, int]:
     digest = hashlib.sha256(f"{seed}:{name}".encode()).digest()
     return int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:8], "little")
@@ -269,13 +255,13 @@ def _hash_uniform_(param, seed: int, name: str, bound: float) -> None:
     """Fill ``param`` with values uniform in [-bound, bound) from hash(seed, name, element index)."""
     import torch
 
+    from steermoe.hashing import index_hash
+
     k1, k2 = _key(seed, name)
     flat = param.view(-1)
     for start in range(0, flat.numel(), _CHUNK):
         stop = min(start + _CHUNK, flat.numel())
-        idx = torch.arange(start, stop, dtype=torch.int64, device=flat.device)
-        h = _mix32_((idx & _M32).bitwise_xor_(k1), 0)
-        h = _mix32_(h.bitwise_xor_(idx >> 32).bitwise_xor_(k2), 2)
+        h = index_hash(start, stop, k1, k2, flat.device)
         # Top 24 bits -> [0, 1) exactly in float32; then an affine map, each op correctly rounded everywhere.
         u = (h >> 8).to(torch.float32).mul_(1.0 / (1 << 24))
         flat[start:stop] = u.sub_(0.5).mul_(2.0 * bound).to(flat.dtype)

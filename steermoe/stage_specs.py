@@ -93,9 +93,9 @@ _SPECS = (
         cli=("steermoe validate",), identity=_prompt_identity,
     ),
     StageSpec(
-        "prepare_model", "prepare model", stages.prepare_model_stage, ("model.source", "model.demo_arch", "model.demo_size"), (),
+        "prepare_model", "prepare model", stages.prepare_model_stage,
+        ("model.source", "model.demo_arch", "model.demo_size", "model.init_seed", "model.config_overrides"), (),
         "the base model's folder, weights fingerprint and shape", identity=_model_identity,
-        identity_reads=("model.init_seed", "model.config_overrides"),
     ),
     StageSpec(
         "collect_routing", "collect routing", stages.collect_routing_stage, (*MODEL_LOAD_KEYS, "generation", "routing"), ("prompts", "model"),

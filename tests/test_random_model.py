@@ -152,3 +152,18 @@ def test_padded_prompts_are_exactly_the_asked_length(folders):
     assert lengths == {40}
     with pytest.raises(InputError, match="does not fit"):
         padded_prompt_set(tok, tokens=10, train=2, eval=0)
+
+
+def test_device_digest_sees_any_changed_word_and_is_stable():
+    import torch
+
+    from steermoe.hashing import device_digest
+
+    t = torch.arange(1000, dtype=torch.float32).reshape(10, 100) / 7
+    assert device_digest(t) == device_digest(t.clone())
+    changed = t.clone()
+    changed[3, 17] = torch.nextafter(changed[3, 17], torch.tensor(1e9))
+    swapped = t.clone()
+    swapped[[0, 1]] = t[[1, 0]]
+    digests = {device_digest(x) for x in (t, changed, swapped, t.to(torch.bfloat16), t.reshape(100, 10))}
+    assert len(digests) == 5
