@@ -77,16 +77,26 @@ class Sampler(threading.Thread):
 
 def instrument_stages(windows: list) -> None:
     """Record each stage's (run, stage, start, end, state) around the flow's stage runner."""
+    import torch
+
     from flows import pipeline
 
     original = pipeline._Runner.__call__
+    cuda = torch.cuda.is_available()
 
-    def timed(self, stage, *args):
+    def timed(self, stage_task, *args):
+        stage = stage_task.fn.__name__
+        if cuda:
+            torch.cuda.reset_peak_memory_stats()
         t0 = time.time()
         try:
-            return original(self, stage, *args)
+            return original(self, stage_task, *args)
         finally:
-            windows.append({"stage": stage, "start": t0, "end": time.time(), "state": self.states.get(stage, "Failed")})
+            windows.append({
+                "stage": stage, "start": t0, "end": time.time(), "state": self.states.get(stage, "Failed"),
+                # This process's PyTorch allocator peak (the fine-tuning processes report their own).
+                "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / GIB, 2) if cuda else None,
+            })
 
     pipeline._Runner.__call__ = timed
 
@@ -168,7 +178,7 @@ def _details(cfg) -> dict:
     manifests = sorted(glob.glob(str(out_root / "collect_routing" / "*" / "store" / "manifest.json")))
     if manifests:
         m = json.loads(Path(manifests[-1]).read_text())
-        details["routing"] = {k: m.get(k) for k in ("seconds", "tokens_per_second", "final_batch_size", "counts")}
+        details["routing"] = {**(m.get("summary") or {}), "counts": m.get("counts")}
     records = sorted(glob.glob(str(out_root / "finetune" / "*" / "selected" / "metrics.json")))
     if records:
         folder = Path(records[-1]).parents[1]
@@ -192,10 +202,10 @@ def _print(result: dict) -> None:
     print(f"\npad-prompts: {result['pad_prompts_seconds']} s; device: {result['device']}")
     for run in result["runs"]:
         print(f"\nrun {run['run']}: exit {run['exit_code']}, {run['wall_seconds']} s wall")
-        print("| stage | state | seconds | peak GPU GiB (device) | peak host GiB (process tree) |")
-        print("|---|---|---:|---:|---:|")
+        print("| stage | state | seconds | peak GPU GiB (device, NVML) | peak allocated GiB (pipeline process) | peak host GiB (process tree) |")
+        print("|---|---|---:|---:|---:|---:|")
         for s in run["stages"]:
-            print(f"| {s['stage']} | {s['state']} | {s['seconds']:.1f} | {s['peak_gpu_gib']} | {s['peak_host_gib']} |")
+            print(f"| {s['stage']} | {s['state']} | {s['seconds']:.1f} | {s['peak_gpu_gib']} | {s['peak_allocated_gib']} | {s['peak_host_gib']} |")
     for key in ("routing", "finetune_jobs"):
         if key in result:
             print(f"{key}: {json.dumps(result[key])}")

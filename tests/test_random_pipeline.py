@@ -74,24 +74,6 @@ def test_tiny_random_base_runs_end_to_end_then_all_cached(tmp_path):
 
 
 @pytest.mark.gpu
-def test_gpu_config_at_reduced_depth_runs_end_to_end_then_all_cached(tmp_path):
-    torch = pytest.importorskip("torch")
-    if not torch.cuda.is_available():
-        pytest.skip("needs a CUDA device")
-    overrides = [
-        "model.config_overrides={num_hidden_layers: 2}", "generation.max_new_tokens=32", "finetune.max_steps=3",
-        "finetune.answer_max_new_tokens=32", "evaluation.max_new_tokens=32", "evaluation.bootstrap_samples=50",
-        "prompts.validation.min_per_label=5", "tracking.registered_model=gpu-reduced",
-    ]
-    first, second, cfg = run_twice(tmp_path, overrides, tokens=64, train=128, eval_rows=32)
-    manifest = check_runs(first, second, cfg)
-    # Only the selected slices: 50 Qwen3-30B-A3B experts x (gate_up 1536x2048 + down 2048x768) x 2 bytes (bf16).
-    expected = first["records"]["select_experts"]["n_experts"] * (1536 * 2048 + 2048 * 768) * 2
-    assert expected <= patch_bytes(first["records"]["finetune"]) < expected * 1.01
-    assert all(t["dtype"] == "bfloat16" for t in manifest["tensors"])
-
-
-@pytest.mark.gpu
 def test_gpu_rebuild_is_bit_identical_to_the_cpu_build(tmp_path):
     torch = pytest.importorskip("torch")
     if not torch.cuda.is_available():
@@ -104,3 +86,21 @@ def test_gpu_rebuild_is_bit_identical_to_the_cpu_build(tmp_path):
         cpu = load_model(path, dtype=dtype, device="cpu").state_dict()
         gpu = load_model(path, dtype=dtype, device="cuda").state_dict()
         assert all(torch.equal(cpu[k], gpu[k].cpu()) for k in cpu), dtype
+
+
+@pytest.mark.gpu
+def test_gpu_config_at_reduced_depth_runs_end_to_end_then_all_cached(tmp_path):
+    torch = pytest.importorskip("torch")
+    if not torch.cuda.is_available():
+        pytest.skip("needs a CUDA device")
+    overrides = [
+        "model.config_overrides={num_hidden_layers: 2}", "generation.max_new_tokens=16", "finetune.max_steps=2",
+        "finetune.answer_max_new_tokens=16", "evaluation.max_new_tokens=16", "evaluation.bootstrap_samples=50",
+        "prompts.validation.min_per_label=5", "tracking.registered_model=gpu-reduced",
+    ]
+    first, second, cfg = run_twice(tmp_path, overrides, tokens=64, train=64, eval_rows=16)
+    manifest = check_runs(first, second, cfg)
+    # Only the selected slices: 50 Qwen3-30B-A3B experts x (gate_up 1536x2048 + down 2048x768) x 2 bytes (bf16).
+    expected = first["records"]["select_experts"]["n_experts"] * (1536 * 2048 + 2048 * 768) * 2
+    assert expected <= patch_bytes(first["records"]["finetune"]) < expected * 1.01
+    assert all(t["dtype"] == "bfloat16" for t in manifest["tensors"])
