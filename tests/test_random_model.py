@@ -167,3 +167,30 @@ def test_device_digest_sees_any_changed_word_and_is_stable():
     swapped[[0, 1]] = t[[1, 0]]
     digests = {device_digest(x) for x in (t, changed, swapped, t.to(torch.bfloat16), t.reshape(100, 10))}
     assert len(digests) == 5
+
+
+def test_evaluation_holds_one_model_at_a_time(folders, tmp_path):
+    import gc
+    import weakref
+
+    from steermoe.evaluation import ModelEntry, compare_models
+    from tests.conftest import make_prompts
+
+    alive: list = []
+
+    def entry():
+        def load():
+            gc.collect()
+            assert not [r for r in alive if r() is not None], "a previous entry's model is still in memory"
+            model = load_model(folders[0], dtype="float32", device="cpu")
+            alive.append(weakref.ref(model))
+            return model, load_tokenizer(folders[0])
+
+        return ModelEntry(load, engine="static")
+
+    import pandas as pd
+
+    prompts = pd.DataFrame(make_prompts(n_safe=4, n_unsafe=4))
+    result = compare_models({"base": entry(), "other": entry(), "third": entry()}, prompts, ["string_match"], tmp_path,
+                            max_new_tokens=3, bootstrap_samples=5, drift=False, progress=False)
+    assert set(result.results) == {"base", "other", "third"} and len(alive) == 3
