@@ -73,7 +73,8 @@ def test_tokenizer_covers_the_vocabulary_and_renders_chat(folders, cache):
     big = resolve_model_path(ModelConfig(source=TINY, init_seed=0, config_overrides={"vocab_size": 5000}), cache)
     tok_big = load_tokenizer(big)
     assert len(tok_big) == 5000 and tok_big.decode([4999]) == " w4999"
-    assert tok_big("Explain photosynthesis.")["input_ids"] == tok("Explain photosynthesis.")["input_ids"]
+    ids = tok_big("Explain photosynthesis, then café prices.")["input_ids"]
+    assert tok_big.decode(ids) == "Explain photosynthesis, then café prices." and max(ids) < 4096  # text never hits a filler
 
 
 def test_rebuild_is_bit_identical_across_processes(folders):
