@@ -319,6 +319,8 @@ CASES = [
     Case("import-table:evil-pickle", lambda w: ["import-table", inp("evil.pkl")(w), "--out", "risk.parquet"], r"refused to unpickle (posix|os)\.system", proc=True),
     Case("import-table:wrong-columns", lambda w: ["import-table", inp("wrong_table.csv")(w), "--out", "risk.parquet"], r"not a SteerMoE table, missing column"),
     Case("select:random-bytes", lambda w: ["select", "--table", inp("random.bin")(w)], r"random\.bin: unknown table format"),
+    Case("pad-prompts:unknown-shape", lambda w: ["pad-prompts", "p.jsonl", "--set", "model.source=random:no-such-shape"], r"random:no-such-shape: neither a known shape \(.*qwen3-30b-a3b"),
+    Case("pad-prompts:too-short", lambda w: ["pad-prompts", "p.jsonl", "--set", "model.source=random:tiny-qwen3-moe", "--tokens", "4"], r"--tokens 4 is too short for a chat prompt; use at least 8"),
     Case("demo-model:unknown-arch", lambda w: ["demo-model", "--arch", "llama"], r"--arch 'llama': unknown demo architecture; choose one of qwen3_moe"),
     Case("compare:bad-pair", lambda w: ["compare", *w.base(), "--patch", "nopath"], r"--patch 'nopath': expected NAME=PATH"),
     # Servers that are not there: a clear line within a bounded time, never a hang.
