@@ -49,8 +49,8 @@ def fresh_process(code: str, cwd: Path, **env) -> subprocess.CompletedProcess:
 
 
 PREDICT = """
-import json, sys, mlflow, pandas as pd
-model = mlflow.pyfunc.load_model(sys.argv[1] if len(sys.argv) > 1 else "models:/m@challenger")
+import json, os, mlflow, pandas as pd
+model = mlflow.pyfunc.load_model(os.environ.get("MODEL_URI", "models:/m@challenger"))
 prompts = pd.read_json("prompts.jsonl", lines=True)
 print(json.dumps(model.predict(prompts[["prompt"]])["response"].tolist()))
 """
