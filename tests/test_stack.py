@@ -18,6 +18,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from types import SimpleNamespace
 
+import pandas as pd
 import pytest
 
 from steermoe.stack import StackLayout
@@ -290,6 +291,29 @@ def _wait_idle(stack, deployment_id: str, timeout: float = 120) -> None:
 
 
 # ---------------------------------------------------------------- down (last: it stops the module's stack)
+
+
+def test_a_version_registered_on_the_stack_loads_in_a_fresh_process_and_promotes_head_to_head(stack, tmp_path, tiny_demo_model, monkeypatch):
+    """The registry on the stack's Postgres-backed MLflow with proxied artifacts: nothing local is needed to load."""
+    from steermoe import stages, tracking
+    from steermoe.promotion import promote
+    from tests import registry_fixtures as rf
+    from tests.test_registry import PREDICT, fresh_process
+
+    uri = stack.urls["mlflow"]
+    monkeypatch.setenv("STEERMOE_CACHE", str(tmp_path / "user-cache"))
+    cfg = rf.config(tmp_path / "work", tiny_demo_model, rf.write_prompts(tmp_path / "prompts.jsonl"), "tracking.registered_model=stack-registry", tracking_uri=uri)
+    world = rf.register(cfg, "on-the-stack", seed=4)
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    stages.read_prompt_snapshot(world["prompts"]["prompts_path"], "eval").to_json(fresh / "prompts.jsonl", orient="records", lines=True)
+    out = fresh_process(PREDICT, fresh, MLFLOW_TRACKING_URI=uri, STEERMOE_CACHE=str(tmp_path / "fresh-cache"), MODEL_URI="models:/stack-registry@challenger")
+    assert out.returncode == 0, out.stderr[-2000:]
+    evaluated = pd.read_json(world["evaluation"]["outputs_path"], lines=True)
+    assert json.loads(out.stdout.strip().splitlines()[-1]) == evaluated["response"].tolist()
+    result = promote(cfg, "challenger")
+    assert result["decision"]["sources"] == {"challenger": "cached", "base": "cached"}
+    assert tracking.get_version(uri, "stack-registry", world["registered"]["version"])["tags"]["promotion.run_id"] == result["run_id"]
 
 
 def test_down_stops_every_process_of_the_stack_and_keeps_its_data(stack):
