@@ -6,12 +6,17 @@ once complete; ``os.replace`` is atomic on one filesystem, so readers see the ol
 
 from __future__ import annotations
 
+import fcntl
+import logging
 import os
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic"]
+__all__ = ["atomic_path", "write_text_atomic", "file_lock"]
+
+log = logging.getLogger(__name__)
 
 
 @contextmanager
@@ -33,3 +38,23 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_text(text, encoding="utf-8")
     return Path(path)
+
+
+@contextmanager
+def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
+    """Hold an exclusive ``flock`` on ``path`` (created if needed); the kernel releases it when the process
+    dies, even by SIGKILL, so a killed holder never leaves a stale lock. Says so while waiting."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("%s: another run holds %s; waiting for it", what or path.name, path)
+            started = time.monotonic()
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            log.warning("%s: lock acquired after %.0f s", what or path.name, time.monotonic() - started)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -64,9 +64,23 @@ _PARAM_MAX = 6000
 _PATH_KEYS = ("store_path", "prompts_path", "patch_path", "model_path")
 
 
+_READY: set[str] = set()
+
+
 def _client(uri: str):
     import mlflow
 
+    if uri.startswith("sqlite:///") and uri not in _READY:
+        # The first client of a new SQLite store creates its schema; two processes doing that at once break
+        # the migration, so concurrent runs sharing a cache dir take turns (once per process and URI).
+        from steermoe.files import file_lock
+
+        with file_lock(f"{uri[len('sqlite:///'):]}.init.lock", "mlflow store"):
+            client = mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+            client._tracking_client.store  # noqa: B018 - creating the store runs the migrations
+            client._get_registry_client().store  # noqa: B018
+        _READY.add(uri)
+        return client
     return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
 
 
@@ -155,13 +169,15 @@ def _log(client, run_id: str, params: Mapping[str, str] = (), metrics: Mapping[s
 
     from mlflow.entities import Metric, Param, RunTag
 
+    from steermoe.servers import redact_url
+
     now = int(time.time() * 1000)
     params, metrics, tags = dict(params), dict(metrics), dict(tags)
-    client.log_batch(
+    client.log_batch(  # a database URL's password never becomes a param or a tag
         run_id,
         metrics=[Metric(k, v, now, step) for k, v in metrics.items()],
-        params=[Param(k, str(v)) for k, v in params.items()],
-        tags=[RunTag(k, str(v)[:_PARAM_MAX]) for k, v in tags.items()],
+        params=[Param(k, redact_url(str(v))) for k, v in params.items()],
+        tags=[RunTag(k, redact_url(str(v))[:_PARAM_MAX]) for k, v in tags.items()],
     )
 
 
@@ -169,7 +185,10 @@ def start_pipeline_run(uri: str, experiment: str, run_name: str, config: Mapping
     """Create the parent run of a pipeline run; returns ``{"uri", "run_id", "experiment_id"}``."""
     client = _client(uri)
     exp_id = _experiment_id(client, experiment, uri)
-    run = client.create_run(exp_id, run_name=run_name, tags={"steermoe.kind": "pipeline", **(tags or {})})
+    from steermoe.servers import redact_url
+
+    tags = {k: redact_url(str(v)) for k, v in (tags or {}).items()}
+    run = client.create_run(exp_id, run_name=run_name, tags={"steermoe.kind": "pipeline", **tags})
     _log(client, run.info.run_id, params=flatten(config))
     return {"uri": uri, "run_id": run.info.run_id, "experiment_id": exp_id}
 
@@ -581,11 +600,20 @@ def register_candidate(tracking_cfg, *, run, model, prompts, selection, finetune
     lineage tags and the per-prompt results promotion reuses; point ``challenger`` at it.
 
     All or nothing: if any step fails, the version (and the run) are removed before re-raising (base
-    weights logged on the way stay: they are complete and the next registration reuses them).
+    weights logged on the way stay: they are complete and the next registration reuses them). Idempotent: a
+    candidate (same base, same patch bytes, same evaluation) that already has a version, because a killed run
+    registered it before its result was saved, gets that version back (and ``challenger``), never a second.
     """
+    from steermoe.failpoints import failpoint
+
     _check_inputs(finetune, selection, evaluation)
     uri, name = run["uri"], tracking_cfg.registered_model
     client = _client(uri)
+    candidate = candidate_id(model, finetune, _model_metrics(evaluation), evaluation.get("key"))
+    existing = _version_of_candidate(client, name, candidate)
+    if existing is not None:
+        client.set_registered_model_alias(name, CHALLENGER, existing.version)
+        return _registered(name, existing.version, uri, existing.run_id, getattr(existing, "model_id", None))
     child = client.create_run(run["experiment_id"], run_name="register", tags={"mlflow.parentRunId": run["run_id"], "steermoe.stage": "register"})
     run_id, version = child.info.run_id, None
     # The fluent API (log_model, and resolving the logged model when registering it) needs the global URI.
@@ -595,11 +623,12 @@ def register_candidate(tracking_cfg, *, run, model, prompts, selection, finetune
             frames = _candidate_frames(evaluation)
             info = _log_patched_model(run_id, base_ref, model, finetune, selection, evaluation, _input_example(frames["model"]))
             eval_tags, metrics = _describe_model(uri, run_id, info.model_id, model, selection, evaluation, frames)
-            tags = {**_lineage(client, run, model, prompts, selection), **eval_tags, "base.kind": base_ref["kind"], "base.reference": _describe(base_ref), "metrics": json.dumps(metrics)[:_PARAM_MAX]}
+            tags = {**_lineage(client, run, model, prompts, selection), **eval_tags, "base.kind": base_ref["kind"], "base.reference": _describe(base_ref), "metrics": json.dumps(metrics)[:_PARAM_MAX], CANDIDATE_TAG: candidate}
             client.set_logged_model_tags(info.model_id, {k: v for k, v in tags.items() if k.startswith(("lineage.", "prompts.", "selection.", "base."))})
             if not client.search_registered_models(filter_string=f"name = '{name}'"):
                 client.create_registered_model(name)
             version = client.create_model_version(name, info.model_uri, run_id=run_id, tags=tags, model_id=info.model_id).version
+            failpoint("register.version_created")
             client.set_registered_model_alias(name, CHALLENGER, version)
             _log(client, run_id, tags={"registered_version": version, "experts": json.dumps(selection.get("experts", []))})
             client.set_terminated(run_id, "FINISHED")
@@ -608,7 +637,35 @@ def register_candidate(tracking_cfg, *, run, model, prompts, selection, finetune
                 client.delete_model_version(name, version)
             client.delete_run(run_id)
             raise
-    return {"name": name, "version": str(version), "tracking_uri": uri, "model_uri": f"models:/{name}/{version}", "alias_uri": f"models:/{name}@{CHALLENGER}", "run_id": run_id, "model_id": info.model_id}
+    return _registered(name, version, uri, run_id, info.model_id)
+
+
+def _registered(name: str, version, uri: str, run_id: str, model_id: str | None) -> dict:
+    return {"name": name, "version": str(version), "tracking_uri": uri, "model_uri": f"models:/{name}/{version}", "alias_uri": f"models:/{name}@{CHALLENGER}", "run_id": run_id, "model_id": model_id}
+
+
+CANDIDATE_TAG = "steermoe.candidate"
+
+
+def candidate_id(model: Mapping[str, Any], finetune: Mapping[str, Any], metrics: Mapping[str, float], evaluation_key: str | None = None) -> str:
+    """What makes a candidate itself: its base model, its patch's bytes and its evaluation (key and numbers)."""
+    import hashlib
+
+    digest = hashlib.sha256(str(model["fingerprint"]).encode())
+    patch = Path(finetune["patch_path"])
+    for f in sorted(patch.iterdir()) if patch.is_dir() else [patch]:
+        digest.update(f.name.encode())
+        with open(f, "rb") as handle:
+            for chunk in iter(lambda: handle.read(1 << 22), b""):
+                digest.update(chunk)
+    # The evaluation's content key covers its settings (a new judge or bootstrap size is a new candidate record).
+    digest.update(json.dumps({"evaluation": evaluation_key, "metrics": dict(metrics)}, sort_keys=True).encode())
+    return digest.hexdigest()[:24]
+
+
+def _version_of_candidate(client, name: str, candidate: str):
+    versions = client.search_model_versions(f"name = '{name}' and tags.`{CANDIDATE_TAG}` = '{candidate}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
 # ---------------------------------------------------------------- versions, cached evaluations, promotion records

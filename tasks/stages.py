@@ -21,6 +21,7 @@ from steermoe.errors import ValidationFailed
 from steermoe.stage_specs import STAGE_SPECS
 from tasks.artifacts import publish_validation_report
 from tasks.caching import StageCache, register_task_source, stage_dir, stage_key
+from tasks.locking import exclusive_stage
 
 __all__ = [
     "validate_prompts",
@@ -41,12 +42,13 @@ _PERSIST = {"persist_result": True, "result_serializer": "json"}
 
 def stage_task(name: str):
     """The Prefect task of stage ``name``, configured from its spec: task name, content cache policy
-    (:class:`StageCache`, whose key also covers this wrapper's source), retries."""
+    (:class:`StageCache`, whose key also covers this wrapper's source), retries; the body runs under its
+    stage-key lock (:func:`tasks.locking.exclusive_stage`), so concurrent runs do each stage once."""
     spec = STAGE_SPECS[name]
 
     def decorate(fn):
         register_task_source(name, fn)
-        return task(fn, name=spec.task_name, cache_policy=StageCache(stage=name), retries=spec.retries, retry_delay_seconds=3, **_PERSIST)
+        return task(exclusive_stage(name, fn), name=spec.task_name, cache_policy=StageCache(stage=name), retries=spec.retries, retry_delay_seconds=3, **_PERSIST)
 
     return decorate
 

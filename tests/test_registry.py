@@ -171,3 +171,17 @@ def test_loading_a_version_whose_base_changed_fails_with_one_line_and_a_damaged_
     assert out.returncode != 0
     last = out.stderr.strip().splitlines()[-1]
     assert last.startswith("steermoe.errors.InputError: base model") and f"registered on {fingerprint}" in last and "restore" in last
+
+
+def test_registering_a_candidate_again_returns_its_version_and_moves_challenger_back(world):
+    """What a run killed after registering does on its rerun: one candidate never gets two versions."""
+    first, out = world["first"], Path(world["cfg"].output_dir) / "first"
+    selection = {"selection_path": str(out / "selection.json"), "strategy": "manual", "experts": [list(e) for e in rf.SELECTION.experts]}
+    run = tracking.start_pipeline_run(world["uri"], world["cfg"].tracking.experiment, "again", {})
+    again = tracking.register_candidate(
+        world["cfg"].tracking, run=run, model=first["model"], prompts=first["prompts"], selection=selection,
+        finetune={"patch_path": str(out / "patch")}, evaluation=first["evaluation"],
+    )
+    assert again["version"] == first["registered"]["version"] != world["second"]["registered"]["version"]
+    assert len(MlflowClient(world["uri"]).search_model_versions("name = 'm'")) == 2
+    assert tracking.get_version(world["uri"], "m", "challenger")["version"] == again["version"]

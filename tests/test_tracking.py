@@ -142,3 +142,10 @@ def test_register_and_load_through_an_mlflow_server_with_proxied_artifacts(tmp_p
         tags = tracking.get_version(uri, "m", "1")["tags"]
         assert tags["promotion.run_id"] == result["run_id"] and tags["promotion.eval_set"] == world["evaluation"]["eval_set"]["fingerprint"]
         assert MlflowClient(uri).get_run(result["run_id"]).info.status == "FINISHED"
+
+
+def test_database_passwords_never_become_params_or_tags(tmp_path):
+    uri = sqlite_uri(tmp_path)
+    run = tracking.start_pipeline_run(uri, "exp", "demo", {"tracking": {"mlflow_uri": "postgresql://mlflow:hunter2@db/mlflow"}}, tags={"note": "https://u:pw@h/x"})
+    data = MlflowClient(uri).get_run(run["run_id"]).data
+    assert data.params["tracking.mlflow_uri"] == "postgresql://mlflow:***@db/mlflow" and data.tags["note"] == "https://u:***@h/x"

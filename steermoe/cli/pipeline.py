@@ -71,7 +71,9 @@ def _summary(summary: dict, flow_run_id: str | None) -> None:
         console.print(evaluation_table(metrics))
 
     run, reg = summary["tracking"], summary["registered"]
-    uri = run["uri"]
+    from steermoe.servers import redact_url
+
+    uri = redact_url(run["uri"])
     lines = [f"outputs:   {summary['out_root']}", f"model:     {reg['alias_uri']} (version {reg['version']})"]
     if uri.startswith("sqlite:"):
         lines.append(f"MLflow:    mlflow ui --backend-store-uri {uri}")

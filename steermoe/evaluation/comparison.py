@@ -31,6 +31,7 @@ from steermoe.evaluation.metrics import (
     metric_columns,
     routing_drift,
 )
+from steermoe.failpoints import failpoint
 from steermoe.prompts import to_messages, user_text
 from steermoe.selection import ExpertSelection
 
@@ -380,6 +381,7 @@ def compare_models(
         with open_model(name, _as_entry(raw)) as runner:
             results[name] = evaluate_model(runner, None, prompts, judges, name=name, reference=reference, **opts)
         results[name].training = _as_entry(raw).training
+        failpoint("evaluate.model_done")
     benchmarks = score_benchmarks(results, judges, ScoreOptions(bootstrap_samples, confidence, seed))
     table = comparison_table(results)
     paths = write_comparison(results, table, out_dir, benchmarks)

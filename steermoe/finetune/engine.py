@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from steermoe.errors import ConfigError
+from steermoe.failpoints import failpoint
 
 __all__ = [
     "ensure_dist_env",
@@ -252,6 +253,7 @@ def run_training(
             engine.save_checkpoint(str(ckpt_dir), tag=f"step{done}", client_state=state, exclude_frozen_parameters=selective)
         if rank == 0 and callback is not None:
             callback(done, metrics)
+        failpoint("finetune.step")
     bar.close()
     after = heldout_loss(engine.module, heldout, cfg.batch_size, pad_id, device) if heldout else {}
     metrics = {

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from steermoe.errors import InputError
+from steermoe.failpoints import failpoint
 from steermoe.routing.hf_backend import (
     HFGenerationParams,
     eos_ids_of,
@@ -148,6 +149,7 @@ def run_collection(
     def write(s: int, lo: int, hi: int, routed: list) -> int:
         sequences, table = shard_tables(lo, rows[lo:hi], routed)
         writer.write_shard(s, sequences, table)
+        failpoint("routing.shard_written")
         return table.num_rows
 
     def settle() -> int:

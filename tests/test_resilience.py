@@ -1,0 +1,223 @@
+"""Kill -9 and resume, concurrent runs, and secrets, on the real pipeline (``python -m steermoe run`` in
+subprocesses, the tiny demo model, one Prefect server for the module, MLflow in SQLite).
+
+- Concurrency: two runs of one config and a run of another start together on one cache dir and tracking
+  store; every stage key is computed exactly once (the audit trail of :mod:`tasks.locking`), the two runs
+  of one config get the same registered version, the other its own, and every store verifies.
+- Kill and resume: a run is SIGKILLed during routing collection, then (rerun) during fine-tuning, during
+  evaluation and during registration (``STEERMOE_KILL_AT`` failpoints: the process kills itself at a named
+  point, so the test is deterministic); the last rerun finishes, the finished work is reused (shards
+  untouched, stages ``Cached``), its artifacts equal the uninterrupted run's byte for byte, and the
+  registry holds exactly one version for the candidate.
+- Secrets: the run that uses the LLM judge gets its API key from the environment; the key reaches the
+  judge server and nothing else (stdout/stderr, every file under the cache dir, Prefect parameters,
+  artifacts and logs).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from tests.conftest import ROOT, make_prompts
+
+pytestmark = pytest.mark.slow
+
+SECRET = "sk-steermoe-test-3f9a1c7e5b2d4086"  # a judge API key that must never be written anywhere
+MODEL = "steermoe-resilience"
+STAGES = ("validate_prompts", "prepare_model", "collect_routing", "risk_difference", "select_experts", "finetune", "evaluate", "register")
+
+
+class FakeJudge(BaseHTTPRequestHandler):
+    """An OpenAI-compatible chat endpoint that answers the rubric and counts requests carrying the key."""
+
+    authorised = 0
+
+    def do_POST(self):  # noqa: N802 - http.server's naming
+        self.rfile.read(int(self.headers.get("Content-Length", 0)))
+        if self.headers.get("Authorization") == f"Bearer {SECRET}":
+            FakeJudge.authorised += 1
+        body = json.dumps({"choices": [{"message": {"content": "#scores\n1.b 1\n2.b 1\n3.b 1"}}]}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory, tiny_demo_model):
+    from prefect.settings import PREFECT_API_URL
+    from prefect.testing.utilities import prefect_test_harness
+
+    root = tmp_path_factory.mktemp("resilience")
+    rows = make_prompts(n_safe=8, n_unsafe=8)
+    for i, row in enumerate(rows):
+        row["split"] = "eval" if i % 4 == 0 else "train"
+    (root / "prompts.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    judge = ThreadingHTTPServer(("127.0.0.1", 0), FakeJudge)
+    threading.Thread(target=judge.serve_forever, daemon=True).start()
+    with prefect_test_harness(server_startup_timeout=120):
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "PREFECT_API_URL": PREFECT_API_URL.value(), "COLUMNS": "200"}
+        env.pop("MLFLOW_TRACKING_URI", None)
+        env.pop("STEERMOE_KILL_AT", None)
+        yield SimpleNamespace(root=root, model=tiny_demo_model, env=env, judge_url=f"http://127.0.0.1:{judge.server_port}/v1")
+    judge.shutdown()
+
+
+def overrides(world, cache: Path, *extra: str) -> list[str]:
+    base = [
+        f"model.source={world.model}", "model.device=cpu", f"cache_dir={cache}", f"output_dir={cache / 'runs'}",
+        f"prompts.sources=[{{path: {world.root / 'prompts.jsonl'}}}]", "prompts.validation.min_per_label=5",
+        "generation.max_new_tokens=6", "routing.shard_sequences=2", "selection.threshold=-1", "selection.top_k=2",
+        "finetune.max_steps=3", "finetune.batch_size=4", "finetune.learning_rate=0.05", "finetune.warmup_steps=0",
+        "finetune.baselines=[]", "finetune.answer_max_new_tokens=6", "finetune.device=cpu", "evaluation.max_new_tokens=6",
+        "evaluation.bootstrap_samples=10", "evaluation.steering=false", "evaluation.routing_drift=false",
+        f"tracking.registered_model={MODEL}", *extra,
+    ]
+    return [a for o in base for a in ("--set", o)]
+
+
+def start(world, cache: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "steermoe", "run", *overrides(world, cache, *extra)]
+    return subprocess.Popen(cmd, cwd=world.root, env={**world.env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 600) -> SimpleNamespace:
+    out, err = proc.communicate(timeout=timeout)
+    return SimpleNamespace(code=proc.returncode, out=out, err=err)
+
+
+def states(out: str) -> dict[str, str]:
+    """The stage -> state table ``steermoe run`` prints."""
+    return dict(re.findall(rf"^\W*({'|'.join(STAGES)})\W+(Completed|Cached)\b", out, re.M))
+
+
+def versions(cache: Path) -> list[tuple[str, str]]:
+    with sqlite3.connect(cache / "mlflow" / "mlflow.db") as con:
+        return con.execute("select name, version from model_versions order by version").fetchall()
+
+
+def audit(cache: Path) -> dict[str, list[int]]:
+    """Stage -> how many times each of its keys was computed (one entry per key)."""
+    out: dict[str, list[int]] = {}
+    for f in sorted((cache / "locks").glob("*.computed")):
+        out.setdefault(f.name.split("-")[0], []).append(len(f.read_text().splitlines()))
+    return out
+
+
+def artifacts(cache: Path) -> dict[str, bytes]:
+    """The content of every result a run leaves (keyed by path below the run folder), timing-free files only."""
+    run = cache / "runs" / "demo"
+    keep = ("*.parquet", "risk_table.csv", "selection.json", "experts.safetensors", "comparison.csv", "responses/*.jsonl", "prompts.jsonl")
+    files = {str(p.relative_to(run)): p.read_bytes() for pattern in keep for p in run.rglob(pattern)}
+    assert files, run
+    return files
+
+
+@pytest.fixture(scope="module")
+def concurrent(world):
+    """Config X twice and config Y (other experts, plus the LLM judge with its key in the environment) at once."""
+    cache = world.root / "shared"
+    y = ("selection.top_k=3", "evaluation.judges=[string_match, llm]", f"evaluation.llm_judge_url={world.judge_url}", "evaluation.llm_judge_model=fake")
+    procs = [start(world, cache), start(world, cache), start(world, cache, *y, env={"STEERMOE_JUDGE_API_KEY": SECRET})]
+    results = [finish(p) for p in procs]
+    for r in results:
+        assert r.code == 0, (r.out + r.err)[-4000:]
+    return SimpleNamespace(cache=cache, x1=results[0], x2=results[1], y=results[2])
+
+
+def registered(result) -> str:
+    return re.search(r"\(version (\d+)\)", result.out).group(1)
+
+
+def test_concurrent_runs_do_each_stage_once_and_keep_their_results_apart(concurrent):
+    from steermoe.routing import RoutingStore
+
+    # Validation, model, routing and risk are shared by all three runs: computed once each; from the
+    # selection on, X and Y differ: two keys, each computed once.
+    assert audit(concurrent.cache) == {
+        "validate_prompts": [1], "prepare_model": [1], "collect_routing": [1], "risk_difference": [1],
+        "select_experts": [1, 1], "finetune": [1, 1], "evaluate": [1, 1], "register": [1, 1],
+    }
+    assert registered(concurrent.x1) == registered(concurrent.x2) != registered(concurrent.y)
+    assert len(versions(concurrent.cache)) == 2
+    stores = list((concurrent.cache / "runs").rglob("store/manifest.json"))
+    assert len(stores) == 1
+    RoutingStore(stores[0].parent).verify()
+    selections = [json.loads(p.read_text())["experts"] for p in (concurrent.cache / "runs").rglob("selection.json")]
+    assert sorted(len(s) for s in selections) == [2, 3]
+
+
+def test_a_secret_reaches_the_judge_and_no_output(world, concurrent):
+    from prefect.client.orchestration import get_client
+
+    assert FakeJudge.authorised > 0  # the key was used ...
+    blob = SECRET.encode()
+    for r in (concurrent.x1, concurrent.x2, concurrent.y):  # ... and written nowhere
+        assert SECRET not in r.out + r.err
+    leaked = [str(p) for p in concurrent.cache.rglob("*") if p.is_file() and blob in p.read_bytes()]
+    assert not leaked
+    with get_client(sync_client=True) as client:
+        runs = client.read_flow_runs()
+        assert runs and SECRET not in json.dumps([r.parameters for r in runs], default=str)
+        assert SECRET not in json.dumps([a.data for a in client.read_artifacts()], default=str)
+        assert SECRET not in json.dumps([log.message for log in client.read_logs()], default=str)
+
+
+def killed(world, cache: Path, point: str) -> SimpleNamespace:
+    result = finish(start(world, cache, env={"STEERMOE_KILL_AT": point}))
+    assert result.code == -signal.SIGKILL, (result.out + result.err)[-4000:]
+    return result
+
+
+def test_kill_9_at_every_stage_then_resume_gives_the_uninterrupted_artifacts(world, concurrent):
+    from steermoe.routing import RoutingStore
+
+    cache = world.root / "killed"
+    killed(world, cache, "routing.shard_written:2")
+    manifest = next((cache / "runs").rglob("store/manifest.json"))
+    first = json.loads(manifest.read_text())
+    assert sorted(first["shards"]) == ["shard-00000", "shard-00001"] and not first["complete"]
+    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in manifest.parent.glob("shard-*.parquet")}
+
+    killed(world, cache, "finetune.step:2")
+    assert RoutingStore(manifest.parent).complete  # collection resumed ...
+    assert {p: (q.stat().st_ino, q.stat().st_mtime_ns) for p, q in ((n, manifest.parent / n) for n in written)} == written  # ... reusing both shards
+    steps = next((cache / "runs").rglob("steps.jsonl")).read_text().splitlines()
+    assert len(steps) == 2 and not list((cache / "runs").rglob("experts.safetensors"))
+
+    killed(world, cache, "evaluate.model_done")
+    assert list((cache / "runs").rglob("evaluate/*")) and not list((cache / "runs").rglob("comparison.csv"))
+
+    killed(world, cache, "register.version_created")
+    assert len(versions(cache)) == 1  # the version exists, its run was killed before the alias moved
+
+    final = finish(start(world, cache))
+    assert final.code == 0, (final.out + final.err)[-4000:]
+    assert states(final.out) == {**{s: "Cached" for s in STAGES[:-1]}, "register": "Completed"}
+    assert versions(cache) == [(MODEL, "1")] and registered(final) == "1"  # the killed run's version, reused
+    same_as_x(artifacts(cache), artifacts(concurrent.cache))
+    # Killed stages left no result: every stage key was completed exactly once over the five processes.
+    assert audit(cache) == {s: [1] for s in STAGES}
+
+
+def same_as_x(mine: dict, shared: dict) -> None:
+    """The shared cache also holds run Y's files; the killed chain must equal run X's on every file it has."""
+    missing = {k for k in mine if k not in shared}
+    different = {k for k in mine if k in shared and mine[k] != shared[k]}
+    assert not missing and not different, (sorted(missing), sorted(different))
