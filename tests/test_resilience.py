@@ -210,7 +210,7 @@ def test_kill_9_at_every_stage_then_resume_gives_the_uninterrupted_artifacts(wor
     final = finish(start(world, cache))
     assert final.code == 0, (final.out + final.err)[-4000:]
     assert states(final.out) == {**{s: "Cached" for s in STAGES[:-1]}, "register": "Completed"}
-    assert versions(cache) == [(MODEL, "1")] and registered(final) == "1"  # the killed run's version, reused
+    assert versions(cache) == [(MODEL, 1)] and registered(final) == "1"  # the killed run's version, reused
     same_as_x(artifacts(cache), artifacts(concurrent.cache))
     # Killed stages left no result: every stage key was completed exactly once over the five processes.
     assert audit(cache) == {s: [1] for s in STAGES}
