@@ -648,16 +648,18 @@ CANDIDATE_TAG = "steermoe.candidate"
 
 
 def candidate_id(model: Mapping[str, Any], finetune: Mapping[str, Any], metrics: Mapping[str, float], evaluation_key: str | None = None) -> str:
-    """What makes a candidate itself: its base model, its patch's bytes and its evaluation (key and numbers)."""
+    """What makes a candidate itself: its base model, its patch's tensors and its evaluation (key and numbers)."""
     import hashlib
 
+    from safetensors import safe_open
+
+    from steermoe.finetune.integrity import tensor_digest
+
     digest = hashlib.sha256(str(model["fingerprint"]).encode())
-    patch = Path(finetune["patch_path"])
-    for f in sorted(patch.iterdir()) if patch.is_dir() else [patch]:
-        digest.update(f.name.encode())
-        with open(f, "rb") as handle:
-            for chunk in iter(lambda: handle.read(1 << 22), b""):
-                digest.update(chunk)
+    # The tensors, not the file bytes: safetensors writes its header in a per-process order.
+    with safe_open(str(Path(finetune["patch_path"]) / "experts.safetensors"), "pt") as f:
+        for key in sorted(f.keys()):
+            digest.update(key.encode() + tensor_digest(f.get_tensor(key)))
     # The evaluation's content key covers its settings (a new judge or bootstrap size is a new candidate record).
     digest.update(json.dumps({"evaluation": evaluation_key, "metrics": dict(metrics)}, sort_keys=True).encode())
     return digest.hexdigest()[:24]

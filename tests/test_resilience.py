@@ -120,12 +120,25 @@ def audit(cache: Path) -> dict[str, list[int]]:
     return out
 
 
-def artifacts(cache: Path) -> dict[str, bytes]:
-    """The content of every result a run leaves (keyed by path below the run folder), timing-free files only."""
+def content(path: Path):
+    """What a result file holds: bytes, except tensors by value (safetensors orders its header per process)
+    and the comparison table without its timing column."""
+    import pandas as pd
+    from safetensors.torch import load_file
+
+    if path.suffix == ".safetensors":
+        return {k: v.numpy().tobytes() for k, v in sorted(load_file(str(path)).items())}
+    if path.name == "comparison.csv":
+        return pd.read_csv(path).drop(columns=["step_seconds"], errors="ignore").to_csv(index=False)
+    return path.read_bytes()
+
+
+def artifacts(cache: Path) -> dict[str, object]:
+    """Every result a run leaves (keyed by path below the run folder)."""
     run = cache / "runs" / "demo"
     keep = ("*.parquet", "risk_table.csv", "selection.json", "experts.safetensors", "comparison.csv", "responses/*.jsonl", "prompts.jsonl")
-    files = {str(p.relative_to(run)): p.read_bytes() for pattern in keep for p in run.rglob(pattern)}
-    assert files, run
+    files = {str(p.relative_to(run)): content(p) for pattern in keep for p in run.rglob(pattern)}
+    assert any(k.endswith("experts.safetensors") for k in files) and any(k.endswith("comparison.csv") for k in files), sorted(files)
     return files
 
 
