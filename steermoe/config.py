@@ -264,6 +264,21 @@ class TrackingConfig(Section):
         "once per base fingerprint, reused by every version), 'path' (this machine's folder only), 'auto' (hub if it came from the hub, else mlflow).",
     )
 
+    @field_validator("mlflow_uri")
+    @classmethod
+    def _no_password_in_uri(cls, v: str | None) -> str | None:
+        # A run config travels as a Prefect flow parameter and lands in result files, so a password
+        # written into it would be stored in the clear; credentials belong to the environment.
+        return _without_password(v, "$MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, ~/.pgpass)")
+
+
+def _without_password(url: str | None, instead: str) -> str | None:
+    from urllib.parse import urlsplit
+
+    if url and "://" in url and urlsplit(url).password:
+        raise ValueError(f"holds a password; a run config is passed to Prefect and logged, so put the credentials in {instead} instead")
+    return url
+
 
 class ExecutionConfig(Section):
     """Where routing collection and evaluation generation run: in this process, or data-parallel on Ray.

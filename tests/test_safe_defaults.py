@@ -110,3 +110,15 @@ def test_secrets_in_urls_are_masked():
     assert redact_url("postgresql://mlflow:s3cr3t@db:5432/mlflow") == "postgresql://mlflow:***@db:5432/mlflow"
     assert redact_url("see http://u:p@h/x and https://h/y") == "see http://u:***@h/x and https://h/y"
     assert redact_url("sqlite:////tmp/mlflow.db") == "sqlite:////tmp/mlflow.db"
+
+
+def test_a_config_refuses_a_password_in_the_tracking_uri():
+    """A run config becomes a Prefect parameter and a stored record: credentials stay in the environment."""
+    from steermoe.config import load_config
+    from steermoe.errors import ConfigError
+
+    with pytest.raises(ConfigError) as err:
+        load_config(None, ["tracking.mlflow_uri=postgresql://mlflow:s3cr3t@db:5432/mlflow"])
+    assert "tracking.mlflow_uri" in str(err.value) and "MLFLOW_TRACKING_URI" in str(err.value)
+    assert "s3cr3t" not in str(err.value)
+    assert load_config(None, ["tracking.mlflow_uri=postgresql://mlflow@db:5432/mlflow"]).tracking.mlflow_uri.endswith("/mlflow")
