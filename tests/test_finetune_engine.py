@@ -142,3 +142,26 @@ def test_a_bad_hostfile_or_node_count_fails_with_the_key(tmp_path):
     cmd = launch_command(tmp_path / "job.json", FinetuneConfig(num_processes=8, num_nodes=2, hostfile=str(hostfile), master_addr="node-a"))
     assert cmd[cmd.index("--hostfile") + 1] == str(hostfile) and cmd[cmd.index("--num_nodes") + 1] == "2"
     assert cmd[cmd.index("--num_gpus") + 1] == "8" and cmd[cmd.index("--master_addr") + 1] == "node-a" and cmd[cmd.index("--launcher") + 1] == "pdsh"
+
+
+def test_a_child_process_does_not_reuse_the_port_this_process_listens_on(world, tmp_path):
+    """After an in-process run, this process's rendezvous still listens on MASTER_PORT; a child that
+    inherits the variables (a flow run under a worker, a subprocess run) must pick a port of its own."""
+    import os
+    import subprocess
+    import sys
+
+    base_path, _, examples = world
+    cfg = FinetuneConfig(**BASE_CFG, zero_stage=0)
+    finetune_experts(base_path, SELECTION, examples, cfg, tmp_path / "in_process", progress=False)
+    assert torch.distributed.is_initialized() and os.environ["MASTER_PORT"]
+    child = (
+        "import os, torch.distributed as dist\n"
+        "from steermoe.finetune.engine import ensure_dist_env\n"
+        "ensure_dist_env()\n"
+        "dist.init_process_group('gloo')\n"
+        "print(os.environ['MASTER_PORT'])\n"
+    )
+    out = subprocess.run([sys.executable, "-c", child], env=dict(os.environ), capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr[-500:]
+    assert out.stdout.strip() != os.environ["MASTER_PORT"]

@@ -36,13 +36,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+# Set when the torch.distributed variables are our own single-process defaults, not a launcher's.
+OWN_DIST_ENV = "STEERMOE_OWN_DIST_ENV"
+
+
 def ensure_dist_env() -> None:
-    """DeepSpeed needs the torch.distributed variables even for one process."""
-    os.environ.setdefault("RANK", "0")
-    os.environ.setdefault("WORLD_SIZE", "1")
-    os.environ.setdefault("LOCAL_RANK", "0")
-    os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
-    os.environ.setdefault("MASTER_PORT", str(_free_port()))
+    """DeepSpeed needs the torch.distributed variables even for one process.
+
+    A launcher's variables are kept. Our own defaults get a fresh port on every start: a process that
+    inherited them (a Prefect worker's flow run, a test's subprocess) would otherwise rendezvous on the
+    port its parent's process group still listens on and fail with EADDRINUSE."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        return
+    if os.environ.get(OWN_DIST_ENV) == "1" or "MASTER_PORT" not in os.environ:
+        os.environ.update(RANK="0", WORLD_SIZE="1", LOCAL_RANK="0", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()))
+        os.environ[OWN_DIST_ENV] = "1"
     default_ext = Path.home() / ".cache" / "steermoe" / "torch_extensions"
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default_ext))
 

@@ -172,7 +172,7 @@ def _launch(job_path: Path, cfg) -> None:
     """Start the training processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
     cmd = launch_command(job_path, cfg)
     env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
+    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "STEERMOE_OWN_DIST_ENV"):
         env.pop(key, None)  # the launcher sets them per process
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
     result = subprocess.run(cmd, env=env)
