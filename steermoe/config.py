@@ -269,15 +269,14 @@ class TrackingConfig(Section):
     def _no_password_in_uri(cls, v: str | None) -> str | None:
         # A run config travels as a Prefect flow parameter and lands in result files, so a password
         # written into it would be stored in the clear; credentials belong to the environment.
-        return _without_password(v, "$MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, ~/.pgpass)")
+        from urllib.parse import urlsplit
 
-
-def _without_password(url: str | None, instead: str) -> str | None:
-    from urllib.parse import urlsplit
-
-    if url and "://" in url and urlsplit(url).password:
-        raise ValueError(f"holds a password; a run config is passed to Prefect and logged, so put the credentials in {instead} instead")
-    return url
+        if v and "://" in v and urlsplit(v).password:
+            raise ValueError(
+                "holds a password; a run config is passed to Prefect and logged, so put the credentials in "
+                "$MLFLOW_TRACKING_URI (or MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD, ~/.pgpass) instead"
+            )
+        return v
 
 
 class ExecutionConfig(Section):
