@@ -121,7 +121,7 @@ def run_store(model, tok, prompts, params, mode: str, out: Path, generate_kwargs
             if decoder is not None:
                 gen = decoder(chunk, first)
             else:
-                gen = generate_batch(model, tok, chunk, params if generate_kwargs is None else _with(params, generate_kwargs))
+                gen = generate_batch(model, tok, chunk, params, generate_kwargs)
             rec.enabled = True
             return teacher_forced_batch(model, tok, rec, chunk, gen, eos)
 
@@ -135,6 +135,7 @@ def graph_variants(model, tok, prompts, params, args, tmp: Path) -> tuple[list, 
     """Our static decoder: plain generation, inline capture and two-phase, best of ``--graph-repeats`` each (after a
     warm-up that captures the graphs), over ``--graph-batches`` batches (shards are written while the next batch
     generates). Also how far inline and two-phase routing agree (same tokens; decode steps vs one teacher-forced pass)."""
+    from steermoe.generation import GenerationSettings
     from steermoe.routing.hf_backend import eos_ids_of
     from steermoe.routing.recorder import RouterRecorder
     from steermoe.routing.static_decode import StaticDecoder
@@ -143,7 +144,7 @@ def graph_variants(model, tok, prompts, params, args, tmp: Path) -> tuple[list, 
     b = args.batch
 
     def decoder():
-        return StaticDecoder(model, pad_token_id=tok.pad_token_id, eos_token_ids=eos, max_new_tokens=args.new_tokens)
+        return StaticDecoder(model, GenerationSettings(max_new_tokens=args.new_tokens), pad_token_id=tok.pad_token_id, eos_token_ids=eos)
 
     def plain(dec):
         return [g for i in range(0, len(prompts), b) for g in dec(prompts[i : i + b], i)]
@@ -208,12 +209,6 @@ def set_agreement(a: Path, b: Path) -> dict | None:
     }
 
 
-def _with(params, generate_kwargs):
-    from dataclasses import replace
-
-    return replace(params, generate_kwargs=generate_kwargs)
-
-
 def seed_style(model, tok, prompts, new_tokens: int, device: str, tmp: Path) -> int:
     """One prompt at a time; every router call copies its full logits to host and saves one .npy per layer per step."""
     import torch
@@ -276,7 +271,7 @@ def main(argv=None) -> dict:
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    from steermoe.routing.hf_backend import HFGenerationParams
+    from steermoe.generation import GenerationSettings
 
     dtype = args.dtype or ("bfloat16" if args.device.startswith("cuda") else "float32")
     t0 = time.perf_counter()
@@ -286,7 +281,7 @@ def main(argv=None) -> dict:
     build_s = time.perf_counter() - t0
     rng = np.random.default_rng(0)
     prompts = [rng.integers(1, model.config.vocab_size, args.prompt_len).tolist() for _ in range(args.batch)]
-    params = HFGenerationParams(max_new_tokens=args.new_tokens)
+    params = GenerationSettings(max_new_tokens=args.new_tokens)
     skip = set(filter(None, args.skip.split(",")))
     plain_ids = torch.tensor(prompts, device=args.device)
 
@@ -305,7 +300,7 @@ def main(argv=None) -> dict:
         best = {}
         # Warm-up of our path too (first Parquet write, imports, allocator), like plain's warm-up above.
         if "hf" not in skip:
-            timed(args.device, lambda: run_store(model, tok, prompts, HFGenerationParams(max_new_tokens=2), "inline", tmp / "warm-inline"))
+            timed(args.device, lambda: run_store(model, tok, prompts, GenerationSettings(max_new_tokens=2), "inline", tmp / "warm-inline"))
         for r in range(0 if "hf" in skip else args.repeats):
             s, out = timed(args.device, plain)
             assert out.shape[1] == args.prompt_len + args.new_tokens
@@ -335,7 +330,7 @@ def main(argv=None) -> dict:
         if args.static and time.perf_counter() - t0 < args.static_deadline:
             try:
                 kw = {"cache_implementation": "static"}
-                timed(args.device, lambda: run_store(model, tok, prompts[:args.batch], _with(params, {}), "two_phase", tmp / "warm",
+                timed(args.device, lambda: run_store(model, tok, prompts[:args.batch], params, "two_phase", tmp / "warm",
                                                      generate_kwargs=kw))  # compile
                 s, (rec3, gen3) = timed(args.device, lambda: run_store(model, tok, prompts, params, "two_phase", tmp / "static", generate_kwargs=kw))
                 rows.append(("our capture, two-phase, static-cache compiled generate", s, rec3, gen3))

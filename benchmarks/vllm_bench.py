@@ -88,7 +88,16 @@ def prompt_frame(n: int):
 # ------------------------------------------------------------------------------------------------ throughput
 def throughput_engine(args) -> dict:
     """One engine (``--kind plain`` or ``routed``), every batch size; run in its own process."""
-    from steermoe.routing.vllm_backend import VLLMEngineSettings, _generate, _sampling_params, collect_routing_vllm_ids, make_llm
+    from steermoe.generation import GenerationSettings
+    from steermoe.routing.collect import RoutingSettings
+    from steermoe.routing.vllm_backend import (
+        ReadyEngine,
+        VLLMEngineSettings,
+        _generate,
+        _sampling_params,
+        collect_routing_vllm_ids,
+        make_llm,
+    )
 
     batches = [int(b) for b in args.batches.split(",")]
     folder = config_folder(args.shape, args.layers, Path(args.tmp) / "cfg")
@@ -126,11 +135,11 @@ def throughput_engine(args) -> dict:
             row["routed_experts_shape"] = sorted(shapes)
             df = prompt_frame(len(prompts))
             header = lambda layers: {"fingerprint": "dummy", "model_type": config.model_type, "layers": list(layers)}  # noqa: E731
-            common = dict(eos=eos, capture=args.capture, model_header=header, max_new_tokens=n, batch_size=b, shard_sequences=b,
-                          progress=False)
-            collect_routing_vllm_ids(llm, config, tok, df.iloc[:16], prompts[:16], Path(args.tmp) / f"warm{b}", **common)
+            ready = ReadyEngine(llm, config, eos, header, args.capture)
+            common = dict(generation=GenerationSettings(max_new_tokens=n, batch_size=b), routing=RoutingSettings(shard_sequences=b), progress=False)
+            collect_routing_vllm_ids(ready, tok, df.iloc[:16], prompts[:16], Path(args.tmp) / f"warm{b}", **common)
             t = time.perf_counter()
-            store = collect_routing_vllm_ids(llm, config, tok, df, prompts, Path(args.tmp) / f"store{b}", **common)
+            store = collect_routing_vllm_ids(ready, tok, df, prompts, Path(args.tmp) / f"store{b}", **common)
             row["collect_s"] = round(time.perf_counter() - t, 3)
             counts = store.manifest["counts"]
             row["recorded_tokens"] = counts["prompt_tokens"] + counts["generated_tokens"]
@@ -235,7 +244,7 @@ def static(args) -> dict:
     import torch
 
     from benchmarks.routing_bench import run_store, sync
-    from steermoe.routing.hf_backend import HFGenerationParams
+    from steermoe.generation import GenerationSettings
     from steermoe.routing.recorder import RouterRecorder
     from steermoe.routing.static_decode import StaticDecoder
 
@@ -246,10 +255,10 @@ def static(args) -> dict:
     tok = word_tokenizer(vocab)
     b = args.static_batch
     prompts = random_prompts(b * args.static_batches, args.prompt_len, vocab, seed=1)
-    params = HFGenerationParams(max_new_tokens=args.new_tokens)
+    params = GenerationSettings(max_new_tokens=args.new_tokens)
     out: dict = {"batch": b, "batches": args.static_batches, "layers": model.config.num_hidden_layers, "variants": {}}
     for name, fold in (("before: repeated KV heads (transformers sdpa)", False), ("after: folded grouped-query SDPA", True)):
-        dec = StaticDecoder(model, pad_token_id=tok.pad_token_id, eos_token_ids=[tok.eos_token_id], max_new_tokens=args.new_tokens, gqa_attention=fold)
+        dec = StaticDecoder(model, params, pad_token_id=tok.pad_token_id, eos_token_ids=[tok.eos_token_id], gqa_attention=fold)
         row: dict = {"gqa_attention": dec.gqa_attention, "graph": dec.use_graph}
         with RouterRecorder(model) as rec:
             run_store(model, tok, prompts[:b], params, "inline", Path(args.tmp) / f"warm{fold}", decoder=dec, recorder=rec)  # capture
@@ -325,8 +334,17 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> dict:
 def exactness(args) -> dict:
     import torch
 
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import load_model
-    from steermoe.routing.vllm_backend import VLLMEngineSettings, _eos_ids, collect_routing_vllm_ids, make_llm, vllm_header
+    from steermoe.routing.collect import RoutingSettings
+    from steermoe.routing.vllm_backend import (
+        ReadyEngine,
+        VLLMEngineSettings,
+        _eos_ids,
+        collect_routing_vllm_ids,
+        make_llm,
+        vllm_header,
+    )
 
     device = args.device
     tmp = Path(args.tmp)
@@ -355,10 +373,11 @@ def exactness(args) -> dict:
 
             llm = make_llm(folder, settings, args.prompt_len + args.ex_new_tokens + 8)
             try:
+                ready = ReadyEngine(llm, config, eos, lambda layers, dtype=dtype: vllm_header(folder, config, layers, dtype), args.capture)
                 store = collect_routing_vllm_ids(
-                    llm, config, tok, prompt_frame(len(prompts)), prompts, tmp / f"vllm-{dtype}", eos=eos, capture=args.capture,
-                    model_header=lambda layers, dtype=dtype: vllm_header(folder, config, layers, dtype), max_new_tokens=args.ex_new_tokens,
-                    batch_size=args.ex_prompts, shard_sequences=args.ex_prompts, progress=False,
+                    ready, tok, prompt_frame(len(prompts)), prompts, tmp / f"vllm-{dtype}",
+                    generation=GenerationSettings(max_new_tokens=args.ex_new_tokens, batch_size=args.ex_prompts),
+                    routing=RoutingSettings(shard_sequences=args.ex_prompts), progress=False,
                 )
             finally:
                 _shutdown(llm)
@@ -368,11 +387,11 @@ def exactness(args) -> dict:
             hf = load_model(folder, dtype=dtype, device=device if device.startswith("cuda") else "cpu")
             hf_routed = _hf_two_phase(hf, tok, prompts, generated, eos, args.ex_batch)
             row["vllm_vs_hf_two_phase"] = agreement(store, hf_routed)
-            from steermoe.routing.hf_backend import HFGenerationParams, generate_batch
+            from steermoe.routing.hf_backend import generate_batch
 
             hf_gen = []
             for i in range(0, len(prompts), args.ex_batch):
-                hf_gen += generate_batch(hf, tok, prompts[i : i + args.ex_batch], HFGenerationParams(max_new_tokens=args.ex_new_tokens))
+                hf_gen += generate_batch(hf, tok, prompts[i : i + args.ex_batch], GenerationSettings(max_new_tokens=args.ex_new_tokens))
             row["greedy_tokens_vllm_vs_hf_generate"] = token_agreement(generated, hf_gen)
             row["header_generation"] = store.manifest["generation"]
             row["layers_in_store"] = store.layers
@@ -401,6 +420,7 @@ def patched_evaluation(args, folder: Path, tok) -> dict:
     from steermoe.finetune import load_patched_model
     from steermoe.finetune.experts import prepare_selective
     from steermoe.finetune.patch import save_patch
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import generate, load_model, model_fingerprint
     from steermoe.selection import ExpertSelection
 
@@ -428,12 +448,12 @@ def patched_evaluation(args, folder: Path, tok) -> dict:
     answers = {}
     # The base model's vLLM-vs-HF agreement (the control) is the exactness section's greedy token figure.
     t = time.perf_counter()
-    answer = vllm_answer_fn(merged, tok, dtype=dtype, batch_size=args.ex_prompts, max_new_tokens=args.ex_new_tokens, extra=extra)
+    answer = vllm_answer_fn(merged, tok, GenerationSettings(max_new_tokens=args.ex_new_tokens, batch_size=args.ex_prompts), dtype=dtype, extra=extra)
     answers["vllm_patched"] = answer(conversations, None).generated_token_ids
     out["vllm_patched_s"] = round(time.perf_counter() - t, 1)
     for name in ("base", "patched"):
         hf = load_model(folder, dtype=dtype, device=device) if name == "base" else load_patched_model(folder, tmp / "patch", dtype=dtype, device=device)
-        answers[f"hf_{name}"] = generate(hf, tok, conversations, max_new_tokens=args.ex_new_tokens, batch_size=args.ex_batch, progress=False).generated_token_ids
+        answers[f"hf_{name}"] = generate(hf, tok, conversations, GenerationSettings(max_new_tokens=args.ex_new_tokens, batch_size=args.ex_batch), progress=False).generated_token_ids
         del hf
         if device == "cuda":
             torch.cuda.empty_cache()

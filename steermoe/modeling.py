@@ -12,9 +12,12 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from steermoe.errors import InputError
+
+if TYPE_CHECKING:
+    from steermoe.generation import GenerationSettings
 
 __all__ = [
     "ModelSource",
@@ -318,85 +321,69 @@ def eos_ids_of(model, tokenizer) -> set[int]:
 
 
 def generate(
-    model,
-    tokenizer,
-    conversations: Sequence[list[dict]],
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    do_sample: bool = False,
-    temperature: float = 1.0,
-    top_p: float = 1.0,
-    seed: int = 0,
-    chat_template_kwargs: dict | None = None,
-    progress: bool = True,
+    model, tokenizer, conversations: Sequence[list[dict]], generation: GenerationSettings | None = None, *, progress: bool = True,
     engine: str = "generate",
-    **generate_kwargs: Any,
 ) -> GenerationOutput:
-    """Answer each conversation with batched, left-padded ``model.generate`` (``engine="generate"``), or with the
-    static-cache decoder that routing collection uses (``engine="static"``: on CUDA each step a replayed graph)."""
-    import torch
+    """Answer each conversation as ``generation`` says (default settings when ``None``) with batched, left-padded
+    ``model.generate`` (``engine="generate"``), or with the static-cache decoder that routing collection uses
+    (``engine="static"``: on CUDA each step a replayed graph)."""
     from tqdm.auto import tqdm
 
-    eos_ids = eos_ids_of(model, tokenizer)
-    if engine == "static":
-        return _generate_static(model, tokenizer, conversations, eos_ids, max_new_tokens, batch_size, do_sample, temperature,
-                                top_p, seed, chat_template_kwargs, progress)
-    if engine != "generate":
+    from steermoe.generation import GenerationSettings
+
+    g = generation or GenerationSettings()
+    if engine not in ("generate", "static"):
         raise InputError(f"generation engine {engine!r} is not one of generate, static")
+    eos_ids = eos_ids_of(model, tokenizer)
+    rendered = [render_chat(tokenizer, c, g.chat_template_kwargs) for c in conversations]
+    step = _static_step(model, tokenizer, g, eos_ids) if engine == "static" else _generate_step(model, tokenizer, g)
     prompts_ids, generated, texts = [], [], []
+    bar = tqdm(total=len(conversations), desc="generating" + (" (static)" if engine == "static" else ""), unit="prompt", disable=not progress)
+    for start in range(0, len(rendered), g.batch_size):
+        batch_prompts, rows = step(rendered[start : start + g.batch_size], start)
+        for prompt, row in zip(batch_prompts, rows):
+            gen, _ = trim_generated(row, eos_ids, g.max_new_tokens)
+            prompts_ids.append(prompt)
+            generated.append(gen)
+            texts.append(tokenizer.decode(gen, skip_special_tokens=True))
+        bar.update(len(rows))
+    bar.close()
+    return GenerationOutput(prompts_ids, generated, texts)
+
+
+def _generate_step(model, tokenizer, g: GenerationSettings):
+    """``step(rendered prompts, first index) -> (prompt ids, generated rows)`` with ``model.generate``."""
+    import torch
+
     device = next(model.parameters()).device
-    bar = tqdm(total=len(conversations), desc="generating", unit="prompt", disable=not progress)
-    for start in range(0, len(conversations), batch_size):
-        batch = conversations[start : start + batch_size]
-        rendered = [render_chat(tokenizer, c, chat_template_kwargs) for c in batch]
+
+    def step(rendered: list[str], start: int):
         enc = tokenizer(rendered, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-        if do_sample:
-            torch.manual_seed(seed + start)
+        if g.do_sample:
+            torch.manual_seed(g.seed + start)
         with torch.no_grad():
             out = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=do_sample,
-                temperature=temperature if do_sample else None,
-                top_p=top_p if do_sample else None,
-                top_k=None,
-                pad_token_id=tokenizer.pad_token_id,
-                **generate_kwargs,
+                **enc, max_new_tokens=g.max_new_tokens, do_sample=g.do_sample, temperature=g.temperature if g.do_sample else None,
+                top_p=g.top_p if g.do_sample else None, top_k=None, pad_token_id=tokenizer.pad_token_id,
             )
         width = enc["input_ids"].shape[1]
-        for i in range(len(batch)):
-            mask = enc["attention_mask"][i].bool()
-            prompts_ids.append(enc["input_ids"][i][mask].tolist())
-            gen, _ = trim_generated(out[i, width:].tolist(), eos_ids, max_new_tokens)
-            generated.append(gen)
-            texts.append(tokenizer.decode(gen, skip_special_tokens=True))
-        bar.update(len(batch))
-    bar.close()
-    return GenerationOutput(prompts_ids, generated, texts)
+        prompts = [enc["input_ids"][i][enc["attention_mask"][i].bool()].tolist() for i in range(len(rendered))]
+        return prompts, [out[i, width:].tolist() for i in range(len(rendered))]
+
+    return step
 
 
-def _generate_static(model, tokenizer, conversations, eos_ids, max_new_tokens, batch_size, do_sample, temperature, top_p, seed,
-                     chat_template_kwargs, progress) -> GenerationOutput:
-    from tqdm.auto import tqdm
-
+def _static_step(model, tokenizer, g: GenerationSettings, eos_ids: set[int]):
+    """The same step with the static-cache decoder (its batch seeding: ``seed + first index``)."""
     from steermoe.routing.static_decode import StaticDecoder
 
-    decoder = StaticDecoder(
-        model, pad_token_id=tokenizer.pad_token_id, eos_token_ids=sorted(eos_ids), max_new_tokens=max_new_tokens,
-        do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
-    )
-    rendered = [render_chat(tokenizer, c, chat_template_kwargs) for c in conversations]
-    prompts_ids = [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    generated, texts = [], []
-    bar = tqdm(total=len(conversations), desc="generating (static)", unit="prompt", disable=not progress)
-    for start in range(0, len(prompts_ids), batch_size):
-        for row in decoder(prompts_ids[start : start + batch_size], start):
-            gen, _ = trim_generated(row, eos_ids, max_new_tokens)
-            generated.append(gen)
-            texts.append(tokenizer.decode(gen, skip_special_tokens=True))
-        bar.update(min(batch_size, len(prompts_ids) - start))
-    bar.close()
-    return GenerationOutput(prompts_ids, generated, texts)
+    decoder = StaticDecoder(model, g, pad_token_id=tokenizer.pad_token_id, eos_token_ids=sorted(eos_ids))
+
+    def step(rendered: list[str], start: int):
+        prompts = [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
+        return prompts, decoder(prompts, start)
+
+    return step
 
 
 def release_memory() -> None:

@@ -218,12 +218,14 @@ class _HeadToHead:
 
     def _evaluate(self, model, tokenizer, reference=None):
         from steermoe.evaluation import evaluate_model, judge_options, resolve_judges
+        from steermoe.evaluation.benchmark_scores import ScoreOptions
+        from steermoe.generation import GenerationSettings
 
         ev = self.cfg.evaluation
         return evaluate_model(
-            model, tokenizer, self.prompts, resolve_judges(ev.judges, judge_options(ev)), max_new_tokens=ev.max_new_tokens, batch_size=ev.batch_size,
-            reference=reference, drift=False, bootstrap_samples=ev.bootstrap_samples, confidence=ev.confidence, seed=ev.seed,
-            chat_template_kwargs=self.cfg.generation.chat_template_kwargs, progress=True,
+            model, tokenizer, self.prompts, resolve_judges(ev.judges, judge_options(ev)),
+            generation=GenerationSettings.for_evaluation(ev, self.cfg.generation), scoring=ScoreOptions.from_config(ev),
+            reference=reference, drift=False, progress=True,
         )
 
     def _files(self, version: Mapping) -> dict[str, Path]:

@@ -167,33 +167,26 @@ def collect_routing_stage(cfg, model_path: str, prompts_path: str, out_dir: str 
 
 def collect_with_backend(cfg, model_path: str | Path, prompts, out_dir: str | Path, progress: bool = True):
     """Routing collection with the engine ``routing.backend`` names: 'hf', 'hf_static' or 'vllm' (same store format)."""
+    from steermoe.generation import GenerationSettings
     from steermoe.routing import collect_routing
+    from steermoe.routing.collect import RoutingSettings
 
-    g, r = cfg.generation, cfg.routing
-    common = dict(
-        max_new_tokens=g.max_new_tokens, batch_size=g.batch_size, do_sample=g.do_sample, temperature=g.temperature,
-        top_p=g.top_p, seed=g.seed, chat_template_kwargs=g.chat_template_kwargs, record_logits=r.record_logits,
-        record_weights=r.record_weights, shard_sequences=r.shard_sequences, progress=progress,
-    )
-    engine = "static" if r.backend == "hf_static" else "generate"
+    settings = dict(generation=GenerationSettings.from_config(cfg.generation), routing=RoutingSettings.from_config(cfg.routing), progress=progress)
+    backend = cfg.routing.backend
     if cfg.execution.uses_ray("routing"):
-        if r.backend == "vllm":
+        if backend == "vllm":
             raise ConfigError("execution.executor: 'ray' runs routing.backend 'hf' or 'hf_static'; vLLM spreads over GPUs itself: use executor 'local'")
         from steermoe.routing.distributed import collect_routing_on_ray
 
-        settings = {**common, "mode": r.mode, "engine": engine}
-        del settings["progress"]
-        return collect_routing_on_ray(cfg.execution, cfg.model, model_path, prompts, out_dir, settings, progress=progress)
-    from steermoe.modeling import load_pretrained
-
-    if r.backend == "vllm":
+        return collect_routing_on_ray(cfg.execution, cfg.model, model_path, prompts, out_dir, **settings)
+    if backend == "vllm":
         from steermoe.routing.vllm_backend import collect_routing_vllm
 
-        dtype = cfg.model.dtype if cfg.model.dtype in ("float32", "bfloat16", "float16") else "float32"
-        tokenizer = load_pretrained(cfg.model, model_path, weights=False).tokenizer
-        return collect_routing_vllm(model_path, tokenizer, prompts, out_dir, mode=r.mode, dtype=dtype, **common)
+        return collect_routing_vllm(model_path, prompts, out_dir, model=cfg.model, **settings)
+    from steermoe.modeling import load_pretrained
+
     model, tokenizer = load_pretrained(cfg.model, model_path)
-    return collect_routing(model, tokenizer, prompts, out_dir, mode=r.mode, engine=engine, **common)
+    return collect_routing(model, tokenizer, prompts, out_dir, **settings)
 
 
 def risk_difference_stage(analysis_cfg, store_path: str, out_dir: str | Path) -> dict:
@@ -261,13 +254,14 @@ def _base_answers(cfg, model_path: str, safe, store_path: str | None) -> list[st
         if all(i in known for i in ids):
             return [known[i] for i in ids]
     from steermoe.finetune import base_model_answers
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import load_pretrained, release_memory
     from steermoe.prompts import to_messages
 
     model, tokenizer = load_pretrained(cfg.model, model_path)
-    g = cfg.generation
-    rows = safe.to_dict("records")
-    answers = base_model_answers(model, tokenizer, [to_messages(r) for r in rows], cfg.finetune.answer_max_new_tokens, g.batch_size, g.chat_template_kwargs)
+    g = cfg.generation  # greedy: the answers benign training preserves are the model's most likely ones
+    greedy = GenerationSettings(max_new_tokens=cfg.finetune.answer_max_new_tokens, batch_size=g.batch_size, chat_template_kwargs=g.chat_template_kwargs)
+    answers = base_model_answers(model, tokenizer, [to_messages(r) for r in safe.to_dict("records")], greedy)
     del model
     release_memory()
     return answers
@@ -393,16 +387,19 @@ def _load_entry(model_cfg, weights_path: str, patch: str | None, tokenizer_path:
 def evaluate_entries(cfg, entries: dict, prompts, out_dir: str | Path):
     """The evaluation stage's work on any named model entries (the pipeline's, or the CLI's): answer,
     judge, compare; write the table; returns (record, the full comparison result)."""
-    from steermoe.evaluation import compare_models, judge_options
+    from steermoe.evaluation import compare_models, judge_options, resolve_judges
+    from steermoe.evaluation.benchmark_scores import ScoreOptions
+    from steermoe.generation import GenerationSettings
 
     ev = cfg.evaluation
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    generation = {"max_new_tokens": ev.max_new_tokens, "batch_size": ev.batch_size, "chat_template_kwargs": cfg.generation.chat_template_kwargs}
+    generation = GenerationSettings.for_evaluation(ev, cfg.generation)
+    judges = resolve_judges(ev.judges, judge_options(ev))
     with _model_opener(cfg.execution) as open_model:
         result = compare_models(
-            entries, prompts, ev.judges, out, judge_options=judge_options(ev), drift=ev.routing_drift, bootstrap_samples=ev.bootstrap_samples,
-            confidence=ev.confidence, seed=ev.seed, open_model=open_model, **generation
+            entries, prompts, judges, out, generation=generation, scoring=ScoreOptions.from_config(ev),
+            drift=ev.routing_drift, open_model=open_model,
         )
     comparison = out / "comparison.csv"
     result.table.to_csv(comparison, index=False)
@@ -418,7 +415,7 @@ def evaluate_entries(cfg, entries: dict, prompts, out_dir: str | Path):
         "intervals": intervals,
         "eval_set": _eval_set(cfg, prompts),
         "model_load": cfg.model.model_dump(mode="json", include={"dtype", "attn_implementation", "trust_remote_code"}),
-        "generation": generation,
+        "generation": {k: v for k, v in generation.as_dict().items() if k in ("max_new_tokens", "batch_size", "chat_template_kwargs")},
         "n_prompts": len(prompts),
     }
     return record, result

@@ -391,6 +391,7 @@ def _patched_model():
         def predict(self, context, model_input, params=None):
             import pandas as pd
 
+            from steermoe.generation import GenerationSettings
             from steermoe.modeling import generate
             from steermoe.prompts import to_messages
 
@@ -399,15 +400,11 @@ def _patched_model():
                 rows = model_input.to_dict("records")
             else:
                 rows = [{"prompt": p} if isinstance(p, str) else dict(p) for p in model_input]
-            out = generate(
-                self.model,
-                self.tokenizer,
-                [to_messages(r) for r in rows],
-                max_new_tokens=int(settings.get("max_new_tokens", 32)),
-                batch_size=int(settings.get("batch_size", 16)),
-                chat_template_kwargs=settings.get("chat_template_kwargs"),
-                progress=False,
+            generation = GenerationSettings(
+                max_new_tokens=int(settings.get("max_new_tokens", 32)), batch_size=int(settings.get("batch_size", 16)),
+                chat_template_kwargs=settings.get("chat_template_kwargs") or {},
             )
+            out = generate(self.model, self.tokenizer, [to_messages(r) for r in rows], generation, progress=False)
             return pd.DataFrame({"response": out.texts})
 
     return SteerMoEPatchedModel

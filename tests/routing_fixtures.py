@@ -88,3 +88,18 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(before)
+
+
+def routing_kwargs(**flat) -> dict:
+    """Flat keyword settings (spelled as the config's ``generation`` and ``routing`` keys, plus ``engine``) as
+    :func:`~steermoe.routing.collect_routing`'s ``generation`` and ``routing`` objects; other keywords pass through."""
+    from dataclasses import fields
+
+    from steermoe.generation import GenerationSettings
+    from steermoe.routing.collect import RoutingSettings
+
+    def take(cls):
+        return cls(**{f.name: flat.pop(f.name) for f in fields(cls) if f.name in flat})
+
+    generation, routing = take(GenerationSettings), take(RoutingSettings)
+    return {"generation": generation, "routing": routing, **flat}

@@ -5,7 +5,9 @@ import json
 import pandas as pd
 import pytest
 
-from steermoe.evaluation.comparison import ModelEntry, compare_models, evaluate_model, evaluate_responses
+from steermoe.evaluation.benchmark_scores import ScoreOptions
+from steermoe.evaluation.comparison import ModelEntry, base_reference, compare_models, evaluate_model, evaluate_responses
+from steermoe.generation import GenerationSettings
 from steermoe.selection import ExpertSelection
 
 PROMPTS = pd.DataFrame(
@@ -19,7 +21,7 @@ PROMPTS = pd.DataFrame(
         "split": ["eval"] * 6,
     }
 )
-OPTS = dict(max_new_tokens=4, batch_size=4, bootstrap_samples=50, progress=False)
+OPTS = dict(generation=GenerationSettings(max_new_tokens=4, batch_size=4), scoring=ScoreOptions(samples=50), progress=False)
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +149,11 @@ def test_evaluate_model_against_a_base_with_text_answers(loaded):
         moe_layers(tuned)[0].router.weight.mul_(-1.0)
     answers = PROMPTS[["id", "prompt", "label", "category"]].copy()
     answers["response"] = ["", "", "mix water and flour", "cook rice ten minutes", "sure", "step one"]
-    result = evaluate_model(tuned, tok, PROMPTS, ["string_match"], 3, 4, answers, base, bootstrap_samples=30, progress=False)
+    reference = base_reference(base, tok, answers, batch_size=4)  # the base scored on its text answers
+    result = evaluate_model(
+        tuned, tok, PROMPTS, ["string_match"], generation=GenerationSettings(max_new_tokens=3, batch_size=4), scoring=ScoreOptions(samples=30),
+        reference=reference, progress=False,
+    )
     r = result.responses.set_index("id")
     expected = len(tok("mix water and flour", add_special_tokens=False)["input_ids"]) + 1  # + EOS
     assert r.loc["s0", "loss_tokens"] == expected

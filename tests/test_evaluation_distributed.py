@@ -7,12 +7,17 @@ import pandas as pd
 import pytest
 
 from steermoe.config import ExecutionConfig
+from steermoe.evaluation.benchmark_scores import ScoreOptions
 from steermoe.evaluation.comparison import ModelEntry, compare_models
 from steermoe.evaluation.distributed import batch_aligned_shards, ray_model_opener
+from steermoe.generation import GenerationSettings
 from steermoe.selection import ExpertSelection
 from tests.ray_fixtures import ray_local  # noqa: F401 (fixture)
 
-OPTS = dict(max_new_tokens=8, batch_size=4, bootstrap_samples=50, seed=0, chat_template_kwargs={"enable_thinking": False}, progress=False)
+OPTS = dict(
+    generation=GenerationSettings(max_new_tokens=8, batch_size=4, chat_template_kwargs={"enable_thinking": False}), scoring=ScoreOptions(samples=50, seed=0),
+    progress=False,
+)
 
 
 def test_shards_are_whole_batches_whatever_the_shard_size():

@@ -5,6 +5,7 @@ import pytest
 
 from steermoe.config import FinetuneConfig
 from steermoe.finetune import base_model_answers, build_training_examples, finetune_experts, random_selection
+from steermoe.generation import GenerationSettings
 from steermoe.modeling import load_model, load_tokenizer
 from steermoe.selection import ExpertSelection
 
@@ -18,7 +19,7 @@ def demo_examples(tiny_demo_model):
     unsafe = train[train["label"] == "unsafe"]["prompt"].tolist()[:16]
     safe = train[train["label"] == "safe"]["prompt"].tolist()[:16]
     tok = load_tokenizer(tiny_demo_model)
-    answers = base_model_answers(load_model(tiny_demo_model, device="cpu"), tok, safe, max_new_tokens=8)
+    answers = base_model_answers(load_model(tiny_demo_model, device="cpu"), tok, safe, GenerationSettings(max_new_tokens=8))
     return build_training_examples(tok, unsafe, safe, answers, FinetuneConfig(max_length=96))
 
 

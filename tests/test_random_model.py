@@ -191,7 +191,10 @@ def test_evaluation_holds_one_model_at_a_time(folders, tmp_path):
 
     import pandas as pd
 
+    from steermoe.evaluation.benchmark_scores import ScoreOptions
+    from steermoe.generation import GenerationSettings
+
     prompts = pd.DataFrame(make_prompts(n_safe=4, n_unsafe=4))
     result = compare_models({"base": entry(), "other": entry(), "third": entry()}, prompts, ["string_match"], tmp_path,
-                            max_new_tokens=3, bootstrap_samples=5, drift=False, progress=False)
+                            generation=GenerationSettings(max_new_tokens=3), scoring=ScoreOptions(samples=5), drift=False, progress=False)
     assert set(result.results) == {"base", "other", "third"} and len(alive) == 3

@@ -12,12 +12,19 @@ import pytest
 
 from steermoe.config import RunConfig
 from steermoe.errors import ConfigError, WorkerFailed
+from steermoe.generation import GenerationSettings
 from steermoe.routing import RoutingStore
+from steermoe.routing.collect import RoutingSettings
 from steermoe.stages import collect_with_backend
 from tests.ray_fixtures import ray_local  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.usefixtures("ray_local")
 N_PROMPTS, PER_SHARD = 24, 4
+# As the single-process store's config below says (generation and routing sections).
+SETTINGS = dict(
+    generation=GenerationSettings(max_new_tokens=8, batch_size=4, chat_template_kwargs={"enable_thinking": False}),
+    routing=RoutingSettings(shard_sequences=PER_SHARD),
+)
 
 
 @pytest.fixture(scope="module")
@@ -90,8 +97,8 @@ def test_a_worker_killed_mid_run_is_retried_and_the_store_is_unchanged(tiny_demo
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
 
-    settings = {"max_new_tokens": 8, "batch_size": 4, "shard_sequences": PER_SHARD, "chat_template_kwargs": {"enable_thinking": False}}
-    store = collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, tmp_path / "store", settings, progress=False, on_shard=kill_a_busy_worker)
+    settings = SETTINGS
+    store = collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, tmp_path / "store", **settings, progress=False, on_shard=kill_a_busy_worker)
     assert killed
     assert_same_store(store, single_process)
 
@@ -108,9 +115,9 @@ def test_a_shard_out_of_retries_fails_with_one_line_and_the_run_resumes(tiny_dem
             killed.append(min(worker_pids()))
             os.kill(killed[0], signal.SIGKILL)
 
-    settings = {"max_new_tokens": 8, "batch_size": 4, "shard_sequences": PER_SHARD, "chat_template_kwargs": {"enable_thinking": False}}
+    settings = SETTINGS
     with pytest.raises(WorkerFailed) as failed:
-        collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, out, settings, progress=False, on_shard=kill_a_worker)
+        collect_routing_on_ray(cfg.execution, cfg.model, tiny_demo_model, prompts, out, **settings, progress=False, on_shard=kill_a_worker)
     message = str(failed.value)
     assert "\n" not in message and "routing: shard " in message and "execution.max_retries" in message
     shard = int(message.split("shard ")[1].split(" ")[0])
@@ -121,7 +128,7 @@ def test_a_shard_out_of_retries_fails_with_one_line_and_the_run_resumes(tiny_dem
     assert not partial.complete and 0 < len(partial.shard_names()) < N_PROMPTS // PER_SHARD
     kept = {int(n.split("-")[1]) for n in partial.shard_names()}
     computed: list[int] = []
-    resumed = collect_routing_on_ray(config(tiny_demo_model).execution, cfg.model, tiny_demo_model, prompts, out, settings, progress=False, on_shard=computed.append)
+    resumed = collect_routing_on_ray(config(tiny_demo_model).execution, cfg.model, tiny_demo_model, prompts, out, **settings, progress=False, on_shard=computed.append)
     assert sorted(computed) == sorted(set(range(N_PROMPTS // PER_SHARD)) - kept)  # only the missing shards ran
     assert_same_store(resumed, single_process)
 

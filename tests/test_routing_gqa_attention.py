@@ -4,9 +4,10 @@ import numpy as np
 import pytest
 import torch
 
+from steermoe.generation import GenerationSettings
 from steermoe.routing.collect import tokenize_prompts
 from steermoe.routing.gqa_attention import grouped_query_sdpa
-from steermoe.routing.hf_backend import HFGenerationParams, generate_batch
+from steermoe.routing.hf_backend import generate_batch
 from steermoe.routing.static_decode import StaticDecoder
 from tests.routing_fixtures import make_model, make_prompts, make_tokenizer, one_thread  # noqa: F401 (autouse fixture)
 
@@ -46,11 +47,11 @@ def test_static_decoder_with_folded_heads_decodes_and_records_like_generate():
     ids = tokenize_prompts(tok, make_prompts(6), None)
 
     def decoder(fold):
-        return StaticDecoder(model, pad_token_id=tok.pad_token_id, eos_token_ids=[2], max_new_tokens=10, gqa_attention=fold)
+        return StaticDecoder(model, GenerationSettings(max_new_tokens=10), pad_token_id=tok.pad_token_id, eos_token_ids=[2], gqa_attention=fold)
 
     folded, plain = decoder(True), decoder(False)
     assert folded.gqa_attention and not plain.gqa_attention
-    assert folded(ids) == generate_batch(model, tok, ids, HFGenerationParams(max_new_tokens=10))
+    assert folded(ids) == generate_batch(model, tok, ids, GenerationSettings(max_new_tokens=10))
     assert model.config._attn_implementation == "sdpa"  # restored after decoding
     caps = []
     for dec in (folded, plain):

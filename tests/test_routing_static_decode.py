@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from steermoe.errors import InputError
+from steermoe.generation import GenerationSettings
 from steermoe.routing import collect_routing
 from steermoe.routing.collect import tokenize_prompts
-from steermoe.routing.hf_backend import HFGenerationParams, generate_batch
+from steermoe.routing.hf_backend import generate_batch
 from steermoe.routing.recorder import RouterRecorder
 from steermoe.routing.static_decode import StaticDecoder
-from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread, recorded_tokens  # noqa: F401 (autouse fixture)
+from tests.routing_fixtures import ARCHS, make_model, make_prompts, make_tokenizer, one_thread, recorded_tokens, routing_kwargs  # noqa: F401 (autouse fixture)
 
 KW = dict(max_new_tokens=10, batch_size=4, shard_sequences=4, progress=False)
 
@@ -24,8 +25,8 @@ def tok():
     return make_tokenizer()
 
 
-def _decoder(model, tok, n=10, **kw):
-    return StaticDecoder(model, pad_token_id=tok.pad_token_id, eos_token_ids=[2], max_new_tokens=n, **kw)
+def _decoder(model, tok, n=10, cuda_graph=None, **sampling):
+    return StaticDecoder(model, GenerationSettings(max_new_tokens=n, **sampling), pad_token_id=tok.pad_token_id, eos_token_ids=[2], cuda_graph=cuda_graph)
 
 
 @pytest.mark.parametrize("arch", sorted(ARCHS))
@@ -33,10 +34,10 @@ def test_greedy_tokens_and_routing_equal_generate(arch, tok, tmp_path):
     model = make_model(arch)
     prompts = make_prompts(6)  # lengths differ: left padding
     ids = tokenize_prompts(tok, prompts, None)
-    assert _decoder(model, tok)(ids) == generate_batch(model, tok, ids, HFGenerationParams(max_new_tokens=10))
-    reference = recorded_tokens(collect_routing(model, tok, prompts, tmp_path / "hf", **KW))
+    assert _decoder(model, tok)(ids) == generate_batch(model, tok, ids, GenerationSettings(max_new_tokens=10))
+    reference = recorded_tokens(collect_routing(model, tok, prompts, tmp_path / "hf", **routing_kwargs(**KW)))
     for mode in ("inline", "two_phase"):
-        store = collect_routing(model, tok, prompts, tmp_path / mode, engine="static", mode=mode, **KW)
+        store = collect_routing(model, tok, prompts, tmp_path / mode, **routing_kwargs(engine="static", mode=mode, **KW))
         assert store.manifest["generation"]["backend"] == "hf_static"
         for ours, theirs in zip(recorded_tokens(store), reference):
             np.testing.assert_array_equal(ours, theirs)  # every token, position and expert set
@@ -49,12 +50,12 @@ def test_demo_model_stops_at_eos_like_generate(tiny_demo_model, tmp_path):
     model, tok = load_model(tiny_demo_model, "float32", "cpu"), load_tokenizer(tiny_demo_model)
     prompts = load_demo_prompts(split="train").groupby("label").head(4).reset_index(drop=True)
     # The tiny demo model is barely trained: make its rarest mid-answer token an extra EOS.
-    answers = generate_batch(model, tok, tokenize_prompts(tok, prompts, None), HFGenerationParams(max_new_tokens=24))
+    answers = generate_batch(model, tok, tokenize_prompts(tok, prompts, None), GenerationSettings(max_new_tokens=24))
     counts = {t: sum(t in a[2:20] for a in answers) for a in answers for t in a[2:20]}
     model.generation_config.eos_token_id = [tok.eos_token_id, min(counts, key=lambda t: (counts[t], t))]
     kw = {**KW, "max_new_tokens": 24, "record_weights": True}
-    hf = collect_routing(model, tok, prompts, tmp_path / "hf", **kw)
-    static = collect_routing(model, tok, prompts, tmp_path / "static", engine="static", **kw)
+    hf = collect_routing(model, tok, prompts, tmp_path / "hf", **routing_kwargs(**kw))
+    static = collect_routing(model, tok, prompts, tmp_path / "static", **routing_kwargs(engine="static", **kw))
     a, b = hf.sequences(), static.sequences()
     assert (a["stop"] == "eos").any()
     assert list(a["generated_text"]) == list(b["generated_text"]) and list(a["stop"]) == list(b["stop"])
@@ -86,7 +87,7 @@ def test_eager_attention_and_reused_shapes(tok):
     ids = tokenize_prompts(tok, make_prompts(5), None)
     decoder = _decoder(model, tok)
     first = decoder(ids[:4])
-    assert first == generate_batch(model, tok, ids[:4], HFGenerationParams(max_new_tokens=10))
+    assert first == generate_batch(model, tok, ids[:4], GenerationSettings(max_new_tokens=10))
     assert decoder(ids[1:5])[:3] == first[1:]  # a new batch in a reused cache: no trace of the previous one
     assert decoder(ids[:4]) == first
 
@@ -114,7 +115,7 @@ def test_bad_inputs_are_one_line_errors(tok):
     with pytest.raises(InputError, match="attn_implementation"):
         _decoder(model, tok)
     with pytest.raises(InputError, match="engine"):
-        collect_routing(make_model("qwen3_moe"), tok, make_prompts(2), "unused", engine="vllm")
+        collect_routing(make_model("qwen3_moe"), tok, make_prompts(2), "unused", **routing_kwargs(engine="vllm"))
 
 
 @pytest.mark.gpu

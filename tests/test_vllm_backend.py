@@ -49,18 +49,20 @@ import json, sys, time
 args = json.loads(sys.argv[1])
 t0 = time.perf_counter()
 from steermoe.demo.prompt_sets import load_demo_prompts
-from steermoe.modeling import load_tokenizer
+from steermoe.generation import GenerationSettings
+from steermoe.routing.collect import RoutingSettings
 from steermoe.routing.vllm_backend import VLLMEngineSettings, collect_routing_vllm, make_llm
 demo = load_demo_prompts(split="train").set_index("id", drop=False)
 prompts = demo.loc[args["ids"]].reset_index(drop=True)
-tok = load_tokenizer(args["model"])
 settings = VLLMEngineSettings(max_num_seqs=args["max_num_seqs"], max_num_batched_tokens=args["max_batched_tokens"], capture="hooks")
 llm = make_llm(args["model"], settings, max_model_len=256)
 t1 = time.perf_counter()
-common = dict(max_new_tokens=args["max_new_tokens"], batch_size=len(prompts), shard_sequences=4, progress=False, engine=settings, llm=llm)
-collect_routing_vllm(args["model"], tok, prompts, args["inline"], record_logits=True, record_weights=True, **common)
+common = dict(generation=GenerationSettings(max_new_tokens=args["max_new_tokens"], batch_size=len(prompts)), progress=False,
+              engine_settings=settings, llm=llm)
+routing = RoutingSettings(record_logits=True, record_weights=True, shard_sequences=4)
+collect_routing_vllm(args["model"], prompts, args["inline"], routing=routing, **common)
 t2 = time.perf_counter()
-collect_routing_vllm(args["model"], tok, prompts, args["two_phase"], mode="two_phase", **common)
+collect_routing_vllm(args["model"], prompts, args["two_phase"], routing=RoutingSettings(mode="two_phase", shard_sequences=4), **common)
 t3 = time.perf_counter()
 print("TIMES " + json.dumps({"startup": t1 - t0, "inline": t2 - t1, "two_phase": t3 - t2}))
 """
@@ -178,15 +180,17 @@ def stores(request, vllm_model, prompts, tmp_path_factory):
     """HF (in this process) and vLLM inline + two-phase (subprocess) stores over the same prompts."""
     if any("test_vllm_judge_server" in item.nodeid for item in request.session.items):
         launch_server(vllm_model, server_log_dir(tmp_path_factory))  # overlaps its start-up with ours
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import load_model, load_tokenizer
     from steermoe.routing import collect_routing
+    from steermoe.routing.collect import RoutingSettings
 
     out = tmp_path_factory.mktemp("vllm-routing")
     tok = load_tokenizer(vllm_model)
     model = load_model(vllm_model, "float32", "cpu")
     hf = collect_routing(
-        model, tok, prompts, out / "hf", max_new_tokens=MAX_NEW_TOKENS, batch_size=4, shard_sequences=4, progress=False,
-        record_logits=True, record_weights=True,
+        model, tok, prompts, out / "hf", generation=GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, batch_size=4),
+        routing=RoutingSettings(shard_sequences=4, record_logits=True, record_weights=True), progress=False,
     )
     args = {
         "model": str(vllm_model), "ids": list(prompts["id"]), "inline": str(out / "vllm"), "two_phase": str(out / "vllm2"),
@@ -329,12 +333,13 @@ def test_collect_routing_vllm_rejects_a_bad_mode_and_no_prompts(tmp_path, prompt
     import pandas as pd
 
     from steermoe.errors import InputError
+    from steermoe.routing.collect import RoutingSettings
     from steermoe.routing.vllm_backend import collect_routing_vllm
 
     with pytest.raises(InputError, match="routing.mode"):
-        collect_routing_vllm(tmp_path, None, pd.DataFrame(prompt_rows), tmp_path / "out", mode="streaming")
+        RoutingSettings(mode="streaming")
     with pytest.raises(InputError, match="no prompts"):
-        collect_routing_vllm(tmp_path, None, pd.DataFrame(prompt_rows).iloc[:0], tmp_path / "out")
+        collect_routing_vllm(tmp_path, pd.DataFrame(prompt_rows).iloc[:0], tmp_path / "out")
 
 
 def _r3_array(tokens: int, n_layers: int, k: int, dense: Sequence[int] = ()) -> np.ndarray:
@@ -378,12 +383,13 @@ def test_r3_refuses_missing_or_short_routing():
 
 
 def test_r3_store_header_says_the_last_token_is_not_recorded():
+    from steermoe.generation import GenerationSettings
     from steermoe.routing.collect import GENERATION_SEGMENT
     from steermoe.routing.vllm_backend import generation_header
 
-    common = dict(max_new_tokens=8, batch_size=4, do_sample=True, temperature=0.7, top_p=0.9, seed=3, chat_template_kwargs=None)
-    r3 = generation_header("inline", "routed_experts", **common)
-    hooks = generation_header("inline", "hooks", **common)
+    sampled = GenerationSettings(max_new_tokens=8, batch_size=4, do_sample=True, temperature=0.7, top_p=0.9, seed=3)
+    r3 = generation_header("inline", "routed_experts", sampled)
+    hooks = generation_header("inline", "hooks", sampled)
     assert r3["last_token_recorded"] is False and hooks["last_token_recorded"] is True
     assert r3["generation_segment"] != GENERATION_SEGMENT == hooks["generation_segment"]
     assert r3["capture"] == "routed_experts" and (r3["temperature"], r3["top_p"], r3["seed"]) == (0.7, 0.9, 3)

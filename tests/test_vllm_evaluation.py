@@ -62,12 +62,13 @@ def patched(request, tmp_path_factory):
 
 def _hf_answers(model, tok, n):
     from steermoe.demo.prompt_sets import load_demo_prompts
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import generate
     from steermoe.prompts import to_messages
 
     rows = load_demo_prompts(split="eval").head(n).to_dict("records")
-    out = generate(model, tok, [to_messages(r) for r in rows], max_new_tokens=MAX_NEW_TOKENS, batch_size=4,
-                   chat_template_kwargs={"enable_thinking": False}, progress=False)
+    greedy = GenerationSettings(max_new_tokens=MAX_NEW_TOKENS, batch_size=4, chat_template_kwargs={"enable_thinking": False})
+    out = generate(model, tok, [to_messages(r) for r in rows], greedy, progress=False)
     return out.generated_token_ids
 
 

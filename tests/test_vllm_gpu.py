@@ -59,7 +59,9 @@ def _prompts(n: int, vocab: int = 512):
 
 
 def test_r3_store_records_what_vllm_dispatched_and_agrees_with_hf_two_phase(folder, tmp_path):
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import load_model, load_tokenizer
+    from steermoe.routing.collect import RoutingSettings
     from steermoe.routing.hf_backend import teacher_forced_batch
     from steermoe.routing.recorder import RouterRecorder
     from steermoe.routing.vllm_backend import VLLMEngineSettings, collect_routing_vllm
@@ -67,8 +69,8 @@ def test_r3_store_records_what_vllm_dispatched_and_agrees_with_hf_two_phase(fold
     tok = load_tokenizer(folder)
     prompts = _prompts(12)
     settings = VLLMEngineSettings(dtype="bfloat16", max_num_seqs=8, enforce_eager=True, extra={"gpu_memory_utilization": 0.3})
-    store = collect_routing_vllm(folder, tok, prompts, tmp_path / "r3", max_new_tokens=NEW_TOKENS, batch_size=8, shard_sequences=8,
-                                 progress=False, engine=settings)
+    store = collect_routing_vllm(folder, prompts, tmp_path / "r3", generation=GenerationSettings(max_new_tokens=NEW_TOKENS, batch_size=8),
+                                 routing=RoutingSettings(shard_sequences=8), progress=False, engine_settings=settings)
     header = store.manifest
     assert header["generation"]["capture"] == "routed_experts" and header["generation"]["last_token_recorded"] is False
     assert store.layers == [0, 2, 3] and header["model"]["dense_layers"] == DENSE  # dense layer absent, model's numbering
@@ -97,6 +99,7 @@ def test_patched_model_answers_in_vllm_as_in_hf(folder, tmp_path):
     from steermoe.finetune import load_patched_model
     from steermoe.finetune.experts import prepare_selective
     from steermoe.finetune.patch import save_patch
+    from steermoe.generation import GenerationSettings
     from steermoe.modeling import generate, load_model, load_tokenizer, model_fingerprint
     from steermoe.prompts import to_messages
     from steermoe.selection import ExpertSelection
@@ -111,13 +114,12 @@ def test_patched_model_answers_in_vllm_as_in_hf(folder, tmp_path):
     save_patch(tmp_path / "patch", plan, model_fingerprint(folder), ExpertSelection(chosen, [0.1] * len(chosen), "manual"))
     merged = merged_patched_folder(folder, tmp_path / "patch", tmp_path / "merged", dtype="bfloat16")
     conversations = [to_messages(r) for r in _prompts(12).to_dict("records")]
-    answer = vllm_answer_fn(merged, tok, dtype="bfloat16", batch_size=12, max_new_tokens=NEW_TOKENS,
-                            extra={"enforce_eager": True, "gpu_memory_utilization": 0.3})
+    greedy = GenerationSettings(max_new_tokens=NEW_TOKENS, batch_size=12)
+    answer = vllm_answer_fn(merged, tok, greedy, dtype="bfloat16", extra={"enforce_eager": True, "gpu_memory_utilization": 0.3})
     ours = answer(conversations, None).generated_token_ids
     patched = load_patched_model(folder, tmp_path / "patch", dtype="bfloat16", device="cuda")
-    theirs = generate(patched, tok, conversations, max_new_tokens=NEW_TOKENS, batch_size=12, progress=False).generated_token_ids
-    base = generate(load_model(folder, dtype="bfloat16", device="cuda"), tok, conversations, max_new_tokens=NEW_TOKENS,
-                    batch_size=12, progress=False).generated_token_ids
+    theirs = generate(patched, tok, conversations, greedy, progress=False).generated_token_ids
+    base = generate(load_model(folder, dtype="bfloat16", device="cuda"), tok, conversations, greedy, progress=False).generated_token_ids
     equal = np.mean([a == b for a, b in zip(ours, theirs)])
     print(f"patched answers: vLLM == HF on {equal:.2f} of sequences; patched == base on {np.mean([a == b for a, b in zip(theirs, base)]):.2f}")
     changed = np.mean([a != b for a, b in zip(theirs, base)])

@@ -50,17 +50,20 @@ class DemoQuality:
     examples: list[dict]
 
 
-def demo_quality(model_path, split: str = "eval", max_new_tokens: int = 32, batch_size: int = 16) -> DemoQuality:
-    """Generate greedily for every prompt of a split and score the three groups."""
+def demo_quality(model_path, split: str = "eval", max_new_tokens: int = 32, batch_size: int = 16, model=None) -> DemoQuality:
+    """Generate greedily for every prompt of a split and score the three groups; the model is loaded as the
+    model section ``model`` says (default: default settings on the CPU)."""
     import json
 
     from steermoe.demo.prompt_sets import demo_prompt_paths
-    from steermoe.modeling import generate, load_model, load_tokenizer
+    from steermoe.generation import GenerationSettings
+    from steermoe.modeling import generate, load_pretrained, model_section
 
     rows = [json.loads(line) for p in demo_prompt_paths() for line in p.read_text(encoding="utf-8").splitlines() if line]
     rows = [r for r in rows if r["split"] == split]
-    model, tok = load_model(model_path, device="cpu"), load_tokenizer(model_path)
-    out = generate(model, tok, [[{"role": "user", "content": r["prompt"]}] for r in rows], max_new_tokens, batch_size)
+    loaded, tok = load_pretrained(model or model_section(device="cpu"), model_path)
+    greedy = GenerationSettings(max_new_tokens=max_new_tokens, batch_size=batch_size)
+    out = generate(loaded, tok, [[{"role": "user", "content": r["prompt"]}] for r in rows], greedy)
     groups: dict[str, list[bool]] = {"unsafe": [], "safe": [], "borderline": []}
     examples = []
     for r, text in zip(rows, out.texts):

@@ -48,6 +48,11 @@ class ScoreOptions:
     confidence: float = 0.95
     seed: int = 0
 
+    @classmethod
+    def from_config(cls, evaluation_cfg) -> ScoreOptions:
+        """The bootstrap settings of an ``evaluation`` config section."""
+        return cls(evaluation_cfg.bootstrap_samples, evaluation_cfg.confidence, evaluation_cfg.seed)
+
 
 def slug(text: str) -> str:
     """A metric-name-safe form of a category: ``Malware/Hacking`` -> ``malware_hacking``."""

@@ -32,6 +32,7 @@ from steermoe.evaluation.metrics import (
     routing_drift,
 )
 from steermoe.failpoints import failpoint
+from steermoe.generation import GenerationSettings
 from steermoe.prompts import to_messages, user_text
 from steermoe.selection import ExpertSelection
 
@@ -180,20 +181,16 @@ def base_reference(
 
 
 def _generate_frame(
-    model, tokenizer, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs, progress, answer=None,
-    engine: str = "generate",
+    model, tokenizer, prompts_df: pd.DataFrame, generation: GenerationSettings, progress, answer=None, engine: str = "generate"
 ) -> pd.DataFrame:
     from steermoe.modeling import generate
 
     records = prompts_df.to_dict("records")
     conversations = [to_messages(r) for r in records]
     if answer is not None:  # another engine answers (e.g. vLLM, steermoe.evaluation.vllm_generation)
-        out = answer(conversations, chat_template_kwargs)
+        out = answer(conversations, generation.chat_template_kwargs)
     else:
-        out = generate(
-            model, tokenizer, conversations, max_new_tokens=max_new_tokens, batch_size=batch_size,
-            chat_template_kwargs=chat_template_kwargs, progress=progress, engine=engine,
-        )
+        out = generate(model, tokenizer, conversations, generation, progress=progress, engine=engine)
     return pd.DataFrame(
         {
             "id": [str(r["id"]) for r in records],
@@ -218,10 +215,8 @@ class LoadedModel:
     answer: Callable | None = None  # generates the answers instead of model.generate (ModelEntry.answer)
     engine: str = "generate"  # without ``answer``: HF "generate", or the "static" decoder (CUDA graphs on GPU)
 
-    def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs=None, progress=True) -> pd.DataFrame:
-        return _generate_frame(
-            self.model, self.tokenizer, prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress, self.answer, self.engine
-        )
+    def generate_frame(self, prompts_df: pd.DataFrame, generation: GenerationSettings, progress=True) -> pd.DataFrame:
+        return _generate_frame(self.model, self.tokenizer, prompts_df, generation, progress, self.answer, self.engine)
 
     def answer_losses(self, prompt_ids, answer_ids, batch_size: int, ids=None) -> tuple[np.ndarray, np.ndarray]:
         return answer_losses(self.model, self.tokenizer, prompt_ids, answer_ids, batch_size)
@@ -239,38 +234,30 @@ def evaluate_model(
     tokenizer,
     prompts_df: pd.DataFrame,
     judges: Sequence[Judge | str],
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
-    base_answers: pd.DataFrame | None = None,
-    base_model=None,
     *,
+    generation: GenerationSettings = GenerationSettings(),
+    scoring: ScoreOptions = ScoreOptions(),
     name: str = "model",
     reference: BaseReference | None = None,
     drift: bool = True,
-    bootstrap_samples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    chat_template_kwargs: dict | None = None,
     progress: bool = True,
 ) -> EvalResult:
-    """Generate answers to every prompt, judge them, and measure utility and routing drift.
+    """Generate answers to every prompt as ``generation`` says, judge them, and measure utility and routing
+    drift (intervals as ``scoring`` says).
 
-    Utility compares the loss of the base model's benign answers under ``model`` with their loss
-    under the base. The base answers come from ``reference`` (precomputed, e.g. by
-    :func:`compare_models`), else ``base_answers`` (a frame from an earlier evaluation of the base)
-    scored with ``base_model``, else ``base_model`` answers now; with no base at all, ``model`` is
-    its own base (delta and drift 0).
+    Utility compares the loss of the base model's benign answers under ``model`` with their loss under the
+    base: ``reference`` holds those (:func:`base_reference`, or an earlier result's ``reference``); without
+    one, ``model`` is its own base (delta and drift 0) and the result carries the reference it measured.
     """
     judges = resolve_judges(judges)
     runner = _runner(model, tokenizer)
-    frame = runner.generate_frame(prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
-    own_base = reference is None and base_model is None
-    if reference is None:
-        base = _runner(base_model, tokenizer) if base_model is not None else runner
-        if base_answers is None:
-            base_answers = frame if own_base else base.generate_frame(prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress)
-        reference = base_reference(base, tokenizer, base_answers, batch_size=batch_size, drift=drift, chat_template_kwargs=chat_template_kwargs)
-    drift_value = per_layer = None
+    frame = runner.generate_frame(prompts_df, generation, progress)
+    own_base = reference is None
+    if own_base:
+        reference = base_reference(
+            runner, tokenizer, frame, batch_size=generation.batch_size, drift=drift, chat_template_kwargs=generation.chat_template_kwargs
+        )
+    batch_size, drift_value, per_layer = generation.batch_size, None, None
     if reference.ids:
         # Its own base: the reference pass already measured this model.
         sums, counts = (reference.loss_sum, reference.loss_tokens) if own_base else runner.answer_losses(
@@ -280,8 +267,8 @@ def evaluate_model(
         frame = frame.merge(losses, on="id", how="left")
         if drift and reference.usage is not None:
             usage = reference.usage if own_base else runner.expert_usage(reference.prompt_ids, reference.answer_ids, batch_size, reference.ids)
-            drift_value, per_layer = routing_drift(reference.usage, usage, bootstrap_samples, confidence, seed)
-    result = evaluate_responses(frame, judges, name=name, bootstrap_samples=bootstrap_samples, confidence=confidence, seed=seed)
+            drift_value, per_layer = routing_drift(reference.usage, usage, scoring.samples, scoring.confidence, scoring.seed)
+    result = evaluate_responses(frame, judges, name=name, bootstrap_samples=scoring.samples, confidence=scoring.confidence, seed=scoring.seed)
     if drift_value is not None:
         result.metrics["routing_drift"] = drift_value
         result.drift_per_layer = [float(x) for x in per_layer]
@@ -344,45 +331,38 @@ def compare_models(
     judges: Sequence[Judge | str],
     out_dir: str | Path,
     *,
-    judge_options: Mapping[str, dict] | None = None,
+    generation: GenerationSettings = GenerationSettings(),
+    scoring: ScoreOptions = ScoreOptions(),
     base: str = "base",
-    max_new_tokens: int = 32,
-    batch_size: int = 16,
     drift: bool = True,
-    bootstrap_samples: int = 1000,
-    confidence: float = 0.95,
-    seed: int = 0,
-    chat_template_kwargs: dict | None = None,
     progress: bool = True,
     open_model: Callable[[str, ModelEntry], Any] | None = None,
 ) -> ComparisonResult:
-    """Evaluate every entry on the same prompts and judges; ``base`` is evaluated first and is the
-    reference for utility and drift. Writes ``comparison.md``, ``comparison.json``,
-    ``comparison.png`` and ``responses/<name>.jsonl`` under ``out_dir``.
+    """Evaluate every entry on the same prompts and judges (names, or instances made with
+    :func:`resolve_judges` and :func:`judge_options`); ``base`` is evaluated first and is the reference for
+    utility and drift. Writes ``comparison.md``, ``comparison.json``, ``comparison.png`` and
+    ``responses/<name>.jsonl`` under ``out_dir``.
 
     ``open_model(name, entry)`` is a context manager giving what runs the entry's model (default:
     :func:`open_loaded_model`, loaded here; :mod:`steermoe.evaluation.distributed` spreads it over Ray)."""
     if base not in entries:
         raise InputError(f"compare: no entry named {base!r} to use as the base; entries: {sorted(entries)}")
-    judges = resolve_judges(judges, judge_options)
+    judges = resolve_judges(judges)
     out_dir = Path(out_dir)
     (out_dir / "responses").mkdir(parents=True, exist_ok=True)
-    opts = dict(max_new_tokens=max_new_tokens, batch_size=batch_size, bootstrap_samples=bootstrap_samples, confidence=confidence,
-                seed=seed, chat_template_kwargs=chat_template_kwargs, progress=progress, drift=drift)
+    opts = dict(generation=generation, scoring=scoring, progress=progress, drift=drift)
     open_model = open_model or open_loaded_model
     results: dict[str, EvalResult] = {}
-    with open_model(base, _as_entry(entries[base])) as runner:
-        results[base] = evaluate_model(runner, None, prompts, judges, name=base, **opts)
-    results[base].training = _as_entry(entries[base]).training
-    reference = results[base].reference
-    for name, raw in entries.items():
-        if name == base:
-            continue
-        with open_model(name, _as_entry(raw)) as runner:
+    reference = None  # the base's, once it is measured
+    for name in [base, *(n for n in entries if n != base)]:
+        entry = _as_entry(entries[name])
+        with open_model(name, entry) as runner:
             results[name] = evaluate_model(runner, None, prompts, judges, name=name, reference=reference, **opts)
-        results[name].training = _as_entry(raw).training
-        failpoint("evaluate.model_done")
-    benchmarks = score_benchmarks(results, judges, ScoreOptions(bootstrap_samples, confidence, seed))
+        results[name].training = entry.training
+        reference = results[base].reference
+        if name != base:
+            failpoint("evaluate.model_done")
+    benchmarks = score_benchmarks(results, judges, scoring)
     table = comparison_table(results)
     paths = write_comparison(results, table, out_dir, benchmarks)
     return ComparisonResult(results, table, paths, benchmarks)

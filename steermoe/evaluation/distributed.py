@@ -21,6 +21,7 @@ import pandas as pd
 
 from steermoe.evaluation.comparison import LoadedModel, ModelEntry, open_loaded_model
 from steermoe.execution import WorkerPool, WorkUnit, ray_cluster
+from steermoe.generation import GenerationSettings
 
 __all__ = ["EvaluationWorker", "RayModel", "ray_model_opener", "batch_aligned_shards"]
 
@@ -32,8 +33,8 @@ class EvaluationWorker:
         self._open = open_loaded_model(name, entry)
         self._model: LoadedModel = self._open.__enter__()
 
-    def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs) -> pd.DataFrame:
-        return self._model.generate_frame(prompts_df, max_new_tokens, batch_size, chat_template_kwargs, progress=False)
+    def generate_frame(self, prompts_df: pd.DataFrame, generation: GenerationSettings) -> pd.DataFrame:
+        return self._model.generate_frame(prompts_df, generation, progress=False)
 
     def answer_losses(self, prompt_ids, answer_ids, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         return self._model.answer_losses(prompt_ids, answer_ids, batch_size)
@@ -66,10 +67,10 @@ class RayModel:
         self.pool.map(self.name, self._opener, method, units, lambda unit, result: results.__setitem__(unit.index, result), label=f"evaluation of {self.name} ({method})")
         return [results[i] for i in range(len(shards))]
 
-    def generate_frame(self, prompts_df: pd.DataFrame, max_new_tokens: int, batch_size: int, chat_template_kwargs=None, progress=True) -> pd.DataFrame:
+    def generate_frame(self, prompts_df: pd.DataFrame, generation: GenerationSettings, progress=True) -> pd.DataFrame:
         parts = self._gather(
-            "generate_frame", len(prompts_df), batch_size, prompts_df["id"].astype(str).tolist(),
-            lambda lo, hi: (prompts_df.iloc[lo:hi], max_new_tokens, batch_size, chat_template_kwargs),
+            "generate_frame", len(prompts_df), generation.batch_size, prompts_df["id"].astype(str).tolist(),
+            lambda lo, hi: (prompts_df.iloc[lo:hi], generation.for_batch(lo)),
         )
         return pd.concat(parts, ignore_index=True)
 

@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 from steermoe.errors import InputError
+from steermoe.generation import GenerationSettings
 
 __all__ = ["merged_patched_folder", "vllm_engine", "vllm_answers", "vllm_answer_fn", "stage_answer_fns"]
 
@@ -35,10 +36,11 @@ def _file_digest(path: Path) -> str:
     return digest.hexdigest()[:16]
 
 
-def merged_patched_folder(base_path: str | Path, patch_path: str | Path, out_dir: str | Path, dtype: str = "auto") -> Path:
-    """A Hugging Face folder holding base + patch (written once; reused while base and patch are unchanged)."""
+def merged_patched_folder(base_path: str | Path, patch_path: str | Path, out_dir: str | Path, dtype: str = "auto", model=None) -> Path:
+    """A Hugging Face folder holding base + patch (written once; reused while base and patch are unchanged),
+    loaded on the CPU as the model section ``model`` says (default settings when ``None``) in ``dtype``."""
     from steermoe.finetune.patch import MANIFEST, WEIGHTS, read_manifest, save_merged
-    from steermoe.modeling import load_tokenizer, model_fingerprint
+    from steermoe.modeling import load_pretrained, model_fingerprint, model_section
 
     base_path, patch_path, out_dir = Path(base_path), Path(patch_path), Path(out_dir)
     manifest = read_manifest(patch_path)
@@ -55,11 +57,10 @@ def merged_patched_folder(base_path: str | Path, patch_path: str | Path, out_dir
     marker = out_dir / MARKER
     if marker.exists() and json.loads(marker.read_text(encoding="utf-8")) == identity:
         return out_dir
-    from steermoe.finetune import load_patched_model
-
-    model = load_patched_model(base_path, patch_path, dtype=dtype, device="cpu")
-    save_merged(model, load_tokenizer(base_path), out_dir)
-    del model
+    section = (model or model_section()).model_copy(update={"dtype": dtype, "device": "cpu"})
+    merged, tokenizer = load_pretrained(section, base_path, patch=patch_path)
+    save_merged(merged, tokenizer, out_dir)
+    del merged
     marker.write_text(json.dumps(identity, indent=2), encoding="utf-8")  # last: a half-written folder has none
     return out_dir
 
@@ -96,38 +97,37 @@ def _shutdown(llm) -> None:
         torch.cuda.empty_cache()
 
 
-def vllm_answers(llm, tokenizer, conversations: Sequence[list[dict]], *, eos: set[int], max_new_tokens: int = 32,
-                 do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-                 chat_template_kwargs: dict | None = None):
-    """Answer each conversation with ``llm``: a :class:`steermoe.modeling.GenerationOutput` like ``generate``'s."""
+def vllm_answers(llm, tokenizer, conversations: Sequence[list[dict]], *, eos: set[int], generation: GenerationSettings = GenerationSettings()):
+    """Answer each conversation with ``llm`` as ``generation`` says: a :class:`steermoe.modeling.GenerationOutput` like ``generate``'s."""
     from steermoe.modeling import GenerationOutput, render_chat, trim_generated
     from steermoe.routing.vllm_backend import vllm_generate_fn
 
-    rendered = [render_chat(tokenizer, c, chat_template_kwargs) for c in conversations]
+    rendered = [render_chat(tokenizer, c, generation.chat_template_kwargs) for c in conversations]
     prompt_ids = [list(ids) for ids in tokenizer(rendered, add_special_tokens=False)["input_ids"]]
-    generate = vllm_generate_fn(llm, eos, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
-    generated = [trim_generated(g, eos, max_new_tokens)[0] for g in generate(prompt_ids, 0)]
+    generate = vllm_generate_fn(llm, eos, generation)
+    generated = [trim_generated(g, eos, generation.max_new_tokens)[0] for g in generate(prompt_ids, 0)]
     texts = tokenizer.batch_decode(generated, skip_special_tokens=True)
     return GenerationOutput(prompt_ids, generated, list(texts))
 
 
-def vllm_answer_fn(model_path: str | Path, tokenizer, *, dtype: str = "float32", batch_size: int = 16, max_new_tokens: int = 32,
-                   extra: dict | None = None, **sampling):
-    """``answer(conversations) -> GenerationOutput`` for :func:`steermoe.evaluation.evaluate_model`: starts an engine
-    on ``model_path`` for the call and shuts it down after."""
+def vllm_answer_fn(model_path: str | Path, tokenizer, generation: GenerationSettings, *, dtype: str = "float32", extra: dict | None = None):
+    """``answer(conversations, chat_template_kwargs) -> GenerationOutput`` for :func:`steermoe.evaluation.evaluate_model`:
+    starts an engine on ``model_path`` for the call (``generation.batch_size`` requests decoded together) and shuts
+    it down after; the chat-template options are the caller's."""
     from steermoe.routing.vllm_backend import _eos_ids
 
     model_path = Path(model_path)
+    n = generation.max_new_tokens
 
     def answer(conversations: Sequence[list[dict]], chat_template_kwargs: dict | None = None):
         from steermoe.modeling import render_chat
 
         longest = max(len(tokenizer(render_chat(tokenizer, c, chat_template_kwargs), add_special_tokens=False)["input_ids"])
                       for c in conversations)
-        with vllm_engine(model_path, dtype=dtype, max_num_seqs=batch_size, max_model_len=max(256, longest + max_new_tokens + 1),
-                         seed=sampling.get("seed", 0), extra=extra) as llm:
-            return vllm_answers(llm, tokenizer, conversations, eos=_eos_ids(model_path, tokenizer), max_new_tokens=max_new_tokens,
-                                chat_template_kwargs=chat_template_kwargs, **sampling)
+        with vllm_engine(model_path, dtype=dtype, max_num_seqs=generation.batch_size, max_model_len=max(256, longest + n + 1),
+                         seed=generation.seed, extra=extra) as llm:
+            settings = generation.replace(chat_template_kwargs=chat_template_kwargs or {})
+            return vllm_answers(llm, tokenizer, conversations, eos=_eos_ids(model_path, tokenizer), generation=settings)
 
     return answer
 
@@ -136,18 +136,19 @@ def stage_answer_fns(cfg, base_path: str | Path, merged_dir: str | Path):
     """For the evaluation stage with ``evaluation.backend: vllm``: ``answer_for(weights_path, patch, name)`` gives
     an entry's ``answer``. A patched entry is merged (once) under ``merged_dir/<name>`` when it is first asked to
     answer; every engine reads the base model's tokenizer, so a merged folder without one works too."""
-    from steermoe.modeling import load_tokenizer
+    from steermoe.modeling import load_pretrained
 
-    ev, m = cfg.evaluation, cfg.model
+    m = cfg.model
     dtype = m.dtype if m.dtype in ("float32", "bfloat16", "float16") else "auto"
-    tokenizer = load_tokenizer(base_path, trust_remote_code=m.trust_remote_code)
+    tokenizer = load_pretrained(m, base_path, weights=False).tokenizer
     extra = {"tokenizer": str(base_path), "trust_remote_code": m.trust_remote_code}
+    generation = GenerationSettings.for_evaluation(cfg.evaluation, cfg.generation)
 
     def answer_for(weights_path: str | Path, patch: str | Path | None, name: str):
         def answer(conversations, chat_template_kwargs=None):
-            folder = merged_patched_folder(weights_path, patch, Path(merged_dir) / name, dtype=dtype) if patch else Path(weights_path)
-            run = vllm_answer_fn(folder, tokenizer, dtype=dtype, batch_size=ev.batch_size, max_new_tokens=ev.max_new_tokens, extra=extra)
-            return run(conversations, chat_template_kwargs)
+            merged = Path(merged_dir) / name
+            folder = merged_patched_folder(weights_path, patch, merged, dtype=dtype, model=m) if patch else Path(weights_path)
+            return vllm_answer_fn(folder, tokenizer, generation, dtype=dtype, extra=extra)(conversations, chat_template_kwargs)
 
         return answer
 

@@ -135,12 +135,12 @@ def _mix(n_unsafe: int, n_safe: int, safe_fraction: float, rng: random.Random) -
     return sorted(rng.sample(range(n_unsafe), k_unsafe)), sorted(rng.sample(range(n_safe), k_safe))
 
 
-def base_model_answers(model, tokenizer, safe_prompts: Sequence, max_new_tokens: int = 32, batch_size: int = 16, chat_template_kwargs: dict | None = None) -> list[str]:
-    """The base model's own greedy answers to the safe prompts (what benign training preserves)."""
+def base_model_answers(model, tokenizer, safe_prompts: Sequence, generation=None) -> list[str]:
+    """The base model's own answers to the safe prompts (what benign training preserves), generated as the
+    :class:`~steermoe.generation.GenerationSettings` ``generation`` say (default: greedy, 32 tokens)."""
     from steermoe.modeling import generate
 
-    out = generate(model, tokenizer, [_messages(p) for p in safe_prompts], max_new_tokens=max_new_tokens, batch_size=batch_size, chat_template_kwargs=chat_template_kwargs)
-    return out.texts
+    return generate(model, tokenizer, [_messages(p) for p in safe_prompts], generation, progress=True).texts
 
 
 def refusals_from_endpoint(url: str, model: str, prompts: Sequence, api_key: str | None = None, timeout: float = 60.0) -> list[str]:

@@ -21,8 +21,8 @@ import pandas as pd
 
 from steermoe.errors import InputError
 from steermoe.failpoints import failpoint
+from steermoe.generation import GenerationSettings
 from steermoe.routing.hf_backend import (
-    HFGenerationParams,
     eos_ids_of,
     generate_batch,
     inline_batch,
@@ -35,8 +35,8 @@ from steermoe.routing.records import SequenceRouting, shard_tables, trim_generat
 from steermoe.routing.store import RoutingStore, RoutingStoreWriter
 
 __all__ = [
-    "collect_routing", "run_collection", "routing_session", "RoutingSession", "route_shard", "shard_bounds", "shard_count",
-    "model_header", "tokenizer_fingerprint", "tokenize_prompts",
+    "collect_routing", "run_collection", "routing_session", "RoutingSession", "RoutingSettings", "route_shard", "shard_bounds", "shard_count",
+    "store_header", "generation_header", "model_header", "tokenizer_fingerprint", "tokenize_prompts",
 ]
 
 GENERATION_SEGMENT = "generated tokens before EOS, each recorded where it was the model's input"
@@ -189,6 +189,60 @@ def run_collection(
     )
 
 
+@dataclass(frozen=True)
+class RoutingSettings:
+    """What a collection records and how (the ``routing`` section less its choice of backend).
+
+    ``mode``: ``"inline"`` records during generation, ``"two_phase"`` generates first and records in one
+    teacher-forced forward per batch. ``engine`` (HF backends): ``"generate"`` (``model.generate``) or
+    ``"static"`` (:class:`~steermoe.routing.static_decode.StaticDecoder`)."""
+
+    mode: str = "inline"
+    record_logits: bool = False
+    record_weights: bool = False
+    shard_sequences: int = 64
+    engine: str = "generate"
+
+    def __post_init__(self):
+        if self.mode not in ("inline", "two_phase"):
+            raise InputError(f"routing.mode: {self.mode!r} is not one of inline, two_phase")
+        if self.engine not in ("generate", "static"):
+            raise InputError(f"engine: {self.engine!r} is not one of generate, static")
+        if self.shard_sequences < 1:
+            raise InputError(f"routing.shard_sequences must be at least 1, not {self.shard_sequences}")
+
+    @classmethod
+    def from_config(cls, routing_cfg) -> RoutingSettings:
+        r = routing_cfg
+        engine = "static" if r.backend == "hf_static" else "generate"
+        return cls(r.mode, r.record_logits, r.record_weights, r.shard_sequences, engine)
+
+    def replace(self, **changes: Any) -> RoutingSettings:
+        return replace(self, **changes)
+
+    def record_header(self) -> dict:
+        """The store header's ``record`` entry."""
+        return {"logits": self.record_logits, "weights": self.record_weights, "shard_sequences": self.shard_sequences}
+
+
+def store_header(model: dict, tokenizer, prompts_df: pd.DataFrame, generation: dict, routing: RoutingSettings) -> dict:
+    """A routing store's header: the model's and tokenizer's identity, how it answered, which prompts, what was recorded."""
+    from steermoe.prompts import fingerprint as prompts_fingerprint
+
+    return {
+        "model": model,
+        "tokenizer": tokenizer_fingerprint(tokenizer),
+        "generation": generation,
+        "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
+        "record": routing.record_header(),
+    }
+
+
+def generation_header(backend: str, mode: str, generation: GenerationSettings) -> dict:
+    """The store header's ``generation`` entry of an HF backend (``hf`` or ``hf_static``)."""
+    return {"backend": backend, "mode": mode, **generation.as_dict(), "generation_segment": GENERATION_SEGMENT}
+
+
 @dataclass
 class RoutingSession:
     """A model ready to record: the store header, every prompt's token ids and the batch function.
@@ -209,96 +263,70 @@ class RoutingSession:
         return shard_tables(lo, prompt_rows[lo:hi], routed)
 
 
+GenerateFn = Callable[[list[list[int]], int], list[list[int]]]
+
+
 @contextmanager
 def routing_session(
-    model, tokenizer, prompts_df: pd.DataFrame, *,
-    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
-    shard_sequences: int = 64, mode: str = "inline",
-    generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
-    fingerprint: str | None = None, engine: str = "generate",
+    model, tokenizer, prompts_df: pd.DataFrame, *, generation: GenerationSettings = GenerationSettings(),
+    routing: RoutingSettings = RoutingSettings(), generate_fn: GenerateFn | None = None, fingerprint: str | None = None,
 ) -> Iterator[RoutingSession]:
     """Router hooks on ``model`` (removed on exit) and what :func:`run_collection` needs; arguments as
     :func:`collect_routing`."""
-    from steermoe.prompts import fingerprint as prompts_fingerprint
-
-    if mode not in ("inline", "two_phase"):
-        raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
-    if engine not in ("generate", "static"):
-        raise InputError(f"engine: {engine!r} is not one of generate, static")
     if len(prompts_df) == 0:
         raise InputError("no prompts to collect routing on; check routing.split and the prompt sources")
     if tokenizer.pad_token_id is None:
         raise InputError("the tokenizer has no pad token; set tokenizer.pad_token (e.g. to the EOS token)")
-    params = HFGenerationParams(max_new_tokens, do_sample, temperature, top_p, seed, dict(generate_kwargs or {}))
-    prompt_ids = tokenize_prompts(tokenizer, prompts_df, chat_template_kwargs)
-    with RouterRecorder(model, logits=record_logits, weights=record_weights) as recorder:
-        header = {
-            "model": model_header(model, recorder, fingerprint),
-            "tokenizer": tokenizer_fingerprint(tokenizer),
-            "generation": {
-                "backend": "hf" if engine == "generate" else "hf_static", "mode": mode, "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
-                "temperature": temperature, "top_p": top_p, "seed": seed, "chat_template_kwargs": chat_template_kwargs or {},
-                "generation_segment": GENERATION_SEGMENT,
-            },
-            "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
-            "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
-        }
+    g, static = generation, routing.engine == "static"
+    prompt_ids = tokenize_prompts(tokenizer, prompts_df, g.chat_template_kwargs)
+    with RouterRecorder(model, logits=routing.record_logits, weights=routing.record_weights) as recorder:
+        backend = "hf_static" if static else "hf"
+        header = store_header(model_header(model, recorder, fingerprint), tokenizer, prompts_df, generation_header(backend, routing.mode, g), routing)
         eos = eos_ids_of(model, tokenizer)
-
         decoder = None
-        if engine == "static":
+        if static:
             from steermoe.routing.static_decode import StaticDecoder
 
-            decoder = StaticDecoder(
-                model, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos, max_new_tokens=max_new_tokens, do_sample=do_sample,
-                temperature=temperature, top_p=top_p, seed=seed,
-            )
+            decoder = StaticDecoder(model, g, pad_token_id=tokenizer.pad_token_id, eos_token_ids=eos)
             generate_fn = generate_fn or decoder
 
         def inline(chunk, first_seq):
             if decoder is not None:
                 return static_inline_batch(decoder, tokenizer, recorder, chunk, first_seq)
-            return inline_batch(model, tokenizer, recorder, chunk, replace(params, seed=seed + first_seq))
+            return inline_batch(model, tokenizer, recorder, chunk, g.for_batch(first_seq))
 
         def two_phase(chunk, first_seq):
             recorder.enabled = False  # generation is not recorded in this mode
             try:
                 if generate_fn is not None:
-                    generated = [trim_generated(g, eos, max_new_tokens)[0] for g in generate_fn(chunk, first_seq)]
+                    generated = [trim_generated(t, eos, g.max_new_tokens)[0] for t in generate_fn(chunk, first_seq)]
                 else:
-                    generated = generate_batch(model, tokenizer, chunk, replace(params, seed=seed + first_seq))
+                    generated = generate_batch(model, tokenizer, chunk, g.for_batch(first_seq))
             finally:
                 recorder.enabled = True
             return teacher_forced_batch(model, tokenizer, recorder, chunk, generated, eos)
 
-        yield RoutingSession(header, prompt_ids, inline if mode == "inline" else two_phase, batch_size, shard_sequences)
+        run_batch = inline if routing.mode == "inline" else two_phase
+        yield RoutingSession(header, prompt_ids, run_batch, g.batch_size, routing.shard_sequences)
 
 
 def collect_routing(
-    model, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
-    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
-    shard_sequences: int = 64, mode: str = "inline", progress: bool = True,
-    generate_kwargs: dict[str, Any] | None = None, generate_fn: Callable[[list[list[int]], int], list[list[int]]] | None = None,
-    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None, engine: str = "generate",
+    model, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *, generation: GenerationSettings = GenerationSettings(),
+    routing: RoutingSettings = RoutingSettings(), progress: bool = True, generate_fn: GenerateFn | None = None,
+    fingerprint: str | None = None, on_shard: Callable[[int], None] | None = None,
 ) -> RoutingStore:
-    """Answer every prompt with ``model`` and record the routing of every prompt and generated token.
+    """Answer every prompt with ``model`` as ``generation`` says and record the routing of every prompt and
+    generated token as ``routing`` says.
 
-    ``mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
+    ``routing.mode="inline"`` records during ``model.generate``; ``"two_phase"`` generates first (with
     ``generate_fn(prompt_token_ids, first_seq)`` if given, e.g. a compiled or vLLM engine; else plain HF
-    ``generate`` with ``generate_kwargs``) and records in one teacher-forced forward per batch.
-    ``engine="static"`` decodes with :class:`~steermoe.routing.static_decode.StaticDecoder` (static KV cache;
-    on CUDA each step a replayed graph, routing recorded inside it) instead of ``model.generate``.
+    ``generate``) and records in one teacher-forced forward per batch. ``routing.engine="static"`` decodes
+    with :class:`~steermoe.routing.static_decode.StaticDecoder` (static KV cache; on CUDA each step a
+    replayed graph, routing recorded inside it) instead of ``model.generate``.
     Re-running with the same arguments resumes: only missing shards are computed.
     """
-    with routing_session(
-        model, tokenizer, prompts_df, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-        temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs, record_logits=record_logits,
-        record_weights=record_weights, shard_sequences=shard_sequences, mode=mode, generate_kwargs=generate_kwargs,
-        generate_fn=generate_fn, fingerprint=fingerprint, engine=engine,
-    ) as session:
+    with routing_session(model, tokenizer, prompts_df, generation=generation, routing=routing, generate_fn=generate_fn, fingerprint=fingerprint) as session:
         return run_collection(
             prompts_df, session.prompt_ids, out_dir, session.header, session.run_batch,
-            batch_size=batch_size, shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
+            batch_size=generation.batch_size, shard_sequences=routing.shard_sequences, progress=progress, on_shard=on_shard,
         )

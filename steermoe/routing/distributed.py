@@ -21,7 +21,8 @@ import pandas as pd
 
 from steermoe.errors import WorkerFailed
 from steermoe.execution import WorkerPool, WorkUnit, ray_cluster
-from steermoe.routing.collect import routing_session, shard_bounds, shard_count
+from steermoe.generation import GenerationSettings
+from steermoe.routing.collect import RoutingSettings, routing_session, shard_bounds, shard_count
 from steermoe.routing.store import RoutingStore, RoutingStoreWriter
 
 __all__ = ["RoutingWorker", "collect_routing_on_ray", "routing_units"]
@@ -30,13 +31,16 @@ __all__ = ["RoutingWorker", "collect_routing_on_ray", "routing_units"]
 class RoutingWorker:
     """A session on a Ray worker: the model loaded once, router hooks on, shards computed on demand."""
 
-    def __init__(self, model_cfg, model_path: str, prompts_df: pd.DataFrame, fingerprint: str, settings: dict[str, Any]):
+    def __init__(
+        self, model_cfg, model_path: str, prompts_df: pd.DataFrame, fingerprint: str, generation: GenerationSettings, routing: RoutingSettings
+    ):
         from steermoe.modeling import load_pretrained
 
         model, tokenizer = load_pretrained(model_cfg, model_path)
         self._rows = prompts_df.to_dict("records")
         self._stack = ExitStack()
-        self._session = self._stack.enter_context(routing_session(model, tokenizer, prompts_df, fingerprint=fingerprint, **settings))
+        session = routing_session(model, tokenizer, prompts_df, generation=generation, routing=routing, fingerprint=fingerprint)
+        self._session = self._stack.enter_context(session)
 
     def header(self) -> dict:
         return self._session.header
@@ -62,19 +66,20 @@ def routing_units(prompts_df: pd.DataFrame, shard_sequences: int, skip: set[int]
 
 
 def collect_routing_on_ray(
-    execution_cfg, model_cfg, model_path: str | Path, prompts_df: pd.DataFrame, out_dir: str | Path, settings: dict[str, Any], *,
-    progress: bool = True, on_shard=None,
+    execution_cfg, model_cfg, model_path: str | Path, prompts_df: pd.DataFrame, out_dir: str | Path, *,
+    generation: GenerationSettings = GenerationSettings(), routing: RoutingSettings = RoutingSettings(), progress: bool = True,
+    on_shard=None,
 ) -> RoutingStore:
     """Collect routing for ``prompts_df`` into the store at ``out_dir`` on ``execution.num_workers`` Ray
-    workers. ``settings`` are :func:`~steermoe.routing.collect.routing_session`'s keyword arguments;
+    workers, answering and recording as :func:`~steermoe.routing.collect.collect_routing` does;
     ``on_shard(index)`` runs once a shard is on disk."""
     from tqdm.auto import tqdm
 
     from steermoe.modeling import model_fingerprint
 
     fingerprint = model_fingerprint(model_path)  # once here, not once per worker
-    opener = partial(RoutingWorker, model_cfg, str(model_path), prompts_df, fingerprint, settings)
-    n, per_shard = len(prompts_df), settings.get("shard_sequences", 64)
+    opener = partial(RoutingWorker, model_cfg, str(model_path), prompts_df, fingerprint, generation, routing)
+    n, per_shard = len(prompts_df), routing.shard_sequences
     started = time.perf_counter()
     with ray_cluster(execution_cfg), WorkerPool(execution_cfg, "routing") as pool:
         headers = pool.call_all("routing", opener, "header")
@@ -84,7 +89,7 @@ def collect_routing_on_ray(
         writer = RoutingStoreWriter(out_dir, headers[0])
         units = routing_units(prompts_df, per_shard, skip=writer.done_shards())
         bar = tqdm(total=n, initial=n - sum(len(u.prompt_ids) for u in units), desc=f"routing ({execution_cfg.num_workers} Ray workers)", unit="seq", disable=not progress)
-        tally = {"tokens": 0, "batch_size": settings.get("batch_size", 16)}
+        tally = {"tokens": 0, "batch_size": generation.batch_size}
 
         def write(unit: WorkUnit, result) -> None:
             sequences, tokens, batch_size = result

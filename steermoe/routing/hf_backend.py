@@ -9,30 +9,20 @@ been through the model once (cost: one decode step per batch). Two-phase runs on
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from steermoe.generation import GenerationSettings
 from steermoe.modeling import eos_ids_of  # noqa: F401 (re-exported: the backends and benchmarks use it from here)
 from steermoe.routing.recorder import Capture, RouterRecorder
 from steermoe.routing.records import SequenceRouting, trim_generated
 
 __all__ = [
-    "HFGenerationParams", "left_pad", "eos_ids_of", "inline_batch", "static_inline_batch", "generate_batch", "teacher_forced_batch",
+    "left_pad", "eos_ids_of", "inline_batch", "static_inline_batch", "generate_batch", "teacher_forced_batch",
     "split_on_oom",
 ]
-
-
-@dataclass(frozen=True)
-class HFGenerationParams:
-    max_new_tokens: int = 32
-    do_sample: bool = False
-    temperature: float = 1.0
-    top_p: float = 1.0
-    seed: int = 0
-    generate_kwargs: dict[str, Any] = field(default_factory=dict)  # e.g. cache_implementation="static"
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, device) -> tuple[Any, Any, Any]:
@@ -54,10 +44,13 @@ def _device(model):
     return next(model.parameters()).device
 
 
-def _generate(model, tokenizer, ids, mask, params: HFGenerationParams, new_tokens: int, eos: set[int], eager: bool = False):
+def _generate(
+    model, tokenizer, ids, mask, params: GenerationSettings, new_tokens: int, eos: set[int], eager: bool = False,
+    generate_kwargs: Mapping[str, Any] | None = None,
+):
     import torch
 
-    extra = dict(params.generate_kwargs)
+    extra = dict(generate_kwargs or {})  # e.g. cache_implementation="static" (benchmarks)
     if eager:
         # Router hooks write at host-side cursors; a compiled/graph-captured decode would not run them per step.
         extra["disable_compile"] = True
@@ -95,8 +88,9 @@ def _routed(tokenizer, prompt, gen, stop, cap: Capture, i: int, prompt_span, gen
     )
 
 
-def inline_batch(model, tokenizer, recorder: RouterRecorder, prompts: Sequence[Sequence[int]], params: HFGenerationParams) -> list[SequenceRouting]:
-    """Generate for one batch of tokenised prompts while ``recorder`` (entered) captures routing."""
+def inline_batch(model, tokenizer, recorder: RouterRecorder, prompts: Sequence[Sequence[int]], params: GenerationSettings) -> list[SequenceRouting]:
+    """Generate for one batch of tokenised prompts while ``recorder`` (entered) captures routing
+    (``params`` are the batch's: :meth:`GenerationSettings.for_batch`)."""
     eos = eos_ids_of(model, tokenizer)
     ids, mask, _ = left_pad(prompts, tokenizer.pad_token_id, _device(model))
     b, width = ids.shape
@@ -136,11 +130,14 @@ def static_inline_batch(decoder, tokenizer, recorder: RouterRecorder, prompts: S
     return result
 
 
-def generate_batch(model, tokenizer, prompts: Sequence[Sequence[int]], params: HFGenerationParams) -> list[list[int]]:
-    """Plain batched generation (no hooks): generated ids per prompt, up to and including EOS."""
+def generate_batch(
+    model, tokenizer, prompts: Sequence[Sequence[int]], params: GenerationSettings, generate_kwargs: Mapping[str, Any] | None = None
+) -> list[list[int]]:
+    """Plain batched generation (no hooks): generated ids per prompt, up to and including EOS;
+    ``generate_kwargs`` go to ``model.generate`` as they are."""
     eos = eos_ids_of(model, tokenizer)
     ids, mask, _ = left_pad(prompts, tokenizer.pad_token_id, _device(model))
-    out = _generate(model, tokenizer, ids, mask, params, params.max_new_tokens, eos)
+    out = _generate(model, tokenizer, ids, mask, params, params.max_new_tokens, eos, generate_kwargs=generate_kwargs)
     return [trim_generated(row, eos, params.max_new_tokens)[0] for row in out[:, ids.shape[1] :].cpu().tolist()]
 
 

