@@ -129,3 +129,19 @@ def test_select_cli_json(table, tmp_path):
     assert data["experts"] == [[0, 3], [2, 1], [2, 2]] and list(data)[0] == "experts"
     bad = subprocess.run([sys.executable, "-m", "steermoe", "select", "--table", str(path), "--strategy", "nope"], capture_output=True, text=True)
     assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1 and "unknown selection strategy 'nope'" in bad.stderr
+
+
+def test_select_cli_takes_strategy_parameters_as_name_value_pairs(table, tmp_path):
+    path = tmp_path / "t.parquet"
+    table.to_parquet(path)
+
+    def select(*args):
+        return subprocess.run([sys.executable, "-m", "steermoe", "select", "--table", str(path), *args], capture_output=True, text=True)
+
+    capped = select("--strategy", "per_layer_cap", "--threshold", "0.05", "--top-k", "3", "--param", "per_layer_cap=1", "--json")
+    assert capped.returncode == 0, capped.stderr
+    assert json.loads(capped.stdout)["experts"] == [[0, 3], [2, 1], [4, 8]]  # as select_from_config with the same settings
+    wrong = select("--strategy", "threshold", "--param", "alpha=0.1")
+    assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1 and "does not take ['alpha']" in wrong.stderr
+    shapeless = select("--param", "alpha")
+    assert shapeless.returncode == 2 and "NAME=VALUE" in shapeless.stderr

@@ -77,17 +77,32 @@ def analyze(
         console.print("plots: " + ", ".join(str(p) for p in paths.values()), highlight=False)
 
 
+def _strategy_params(pairs: list[str]) -> dict:
+    """``--param NAME=VALUE`` pairs, values read as YAML scalars (``4``, ``0.05``); the strategy checks the names."""
+    import yaml
+
+    from steermoe.errors import InputError
+
+    params = {}
+    for pair in pairs:
+        name, sep, value = pair.partition("=")
+        if not sep or not name.strip():
+            raise InputError(f"--param {pair!r}: write NAME=VALUE, e.g. --param alpha=0.05")
+        params[name.strip()] = yaml.safe_load(value)
+    return params
+
+
 @app.command()
 def select(
     table_path: Path = typer.Option(..., "--table", help="Risk table (ours, or a SteerMoE table: CSV/Parquet/pickle)."),
     strategy: Optional[str] = typer.Option(None, help="threshold | per_layer_cap | significance | top_p | random | signed."),
     threshold: Optional[float] = typer.Option(None, help="Minimum risk difference (CI lower bound for significance)."),
     top_k: Optional[int] = typer.Option(None, "--top-k", help="Most experts to select."),
-    per_layer_cap: Optional[int] = typer.Option(None, "--per-layer-cap", help="Most experts per layer (per_layer_cap)."),
-    alpha: Optional[float] = typer.Option(None, help="Largest BH q-value (significance)."),
-    top_p: Optional[float] = typer.Option(None, "--top-p", help="Cumulative share of a layer's positive risk (top_p)."),
-    size: Optional[int] = typer.Option(None, help="Number of experts (random)."),
-    seed: Optional[int] = typer.Option(None, help="Seed (random)."),
+    params: Optional[list[str]] = typer.Option(
+        None, "--param", "-p",
+        help="Another parameter of the strategy, NAME=VALUE (repeatable): per_layer_cap=4 (per_layer_cap), alpha=0.05 "
+        "(significance), top_p=0.5 (top_p), size=16 and seed=0 (random).",
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print only the selection as JSON on stdout."),
     out: Optional[Path] = typer.Option(None, "--out", help="Also write the selection JSON here."),
     config: Optional[Path] = ConfigOption,
@@ -97,7 +112,7 @@ def select(
     from steermoe.selection import select_experts, select_from_config
 
     table = load_risk_table(table_path)
-    given = {"threshold": threshold, "top_k": top_k, "per_layer_cap": per_layer_cap, "alpha": alpha, "top_p": top_p, "size": size, "seed": seed}
+    given = {"threshold": threshold, "top_k": top_k, **_strategy_params(params or [])}
     if config and strategy is None and all(v is None for v in given.values()):
         selection = select_from_config(table, _config(config).selection)
     else:

@@ -72,12 +72,12 @@ def pad_prompts(
 ) -> int:
     """Write a prompt set of fixed token length: the demo requests behind benign context (benchmark-scale runs)."""
     from steermoe.config import load_config
-    from steermoe.modeling import load_tokenizer, resolve_model_path
+    from steermoe.modeling import load_pretrained, resolve_model_path
     from steermoe.prompt_padding import padded_prompt_set, write_prompt_set
 
     cfg = load_config(config, overrides or [])
     with console.status("loading the tokenizer"):
-        tokenizer = load_tokenizer(resolve_model_path(cfg.model, cfg.cache_dir))
+        tokenizer = load_pretrained(cfg.model, resolve_model_path(cfg.model, cfg.cache_dir), weights=False).tokenizer
     frame = padded_prompt_set(tokenizer, tokens, train, eval_rows, seed, cfg.generation.chat_template_kwargs)
     write_prompt_set(frame, out)
     counts = frame.groupby(["split", "label"]).size().to_dict()

@@ -212,11 +212,8 @@ def run_training(
     Resumes from ``ckpt_dir`` when it holds a checkpoint. ``callback(step, metrics)`` runs on rank 0
     after every optimizer step; an exception there stops the run (the last checkpoint stays).
     """
-    import torch
-    import torch.distributed as dist
     from tqdm.auto import tqdm
 
-    from steermoe.finetune.data import collate
     from steermoe.finetune.experts import count_parameters
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
@@ -233,21 +230,7 @@ def run_training(
     step_times: list[float] = []
     for step in range(start, steps):
         t0 = time.perf_counter()
-        losses = []
-        for micro in range(cfg.gradient_accumulation):
-            idx = batch_indices(len(examples), cfg.seed, step, micro, cfg, rank, world)
-            batch = _to_device(collate([examples[i] for i in idx], pad_id), device)
-            loss = engine(**batch).loss
-            engine.backward(loss)
-            engine.step()
-            losses.append(loss.detach().float())
-        loss_t = torch.stack(losses).mean()
-        if world > 1:
-            dist.all_reduce(loss_t)
-            loss_t /= world
-        loss_value = float(loss_t)
-        if device.type == "cuda":
-            torch.cuda.synchronize()
+        loss_value = _optimizer_step(engine, examples, cfg, step, pad_id, rank, world)
         metrics = {"loss": loss_value, "lr": float(engine.get_lr()[0]), "step_seconds": time.perf_counter() - t0}
         history.append(loss_value)
         step_times.append(metrics["step_seconds"])
@@ -266,12 +249,37 @@ def run_training(
         failpoint("finetune.step")
     bar.close()
     after = heldout_loss(engine.module, heldout, cfg.batch_size, pad_id, device) if heldout else {}
-    metrics = {
-        "steps": steps,
-        "resumed_from_step": start,
-        "final_loss": loss_value,
-        "loss_history": history,
-        "seconds": time.perf_counter() - t_start,
+    run = {"steps": steps, "resumed_from_step": start, "final_loss": loss_value, "loss_history": history, "seconds": time.perf_counter() - t_start}
+    return engine, {**run, **_run_metrics(engine, cfg, trainable, total, step_times, world), **_heldout_metrics(before, after)}
+
+
+def _optimizer_step(engine, examples: Sequence, cfg, step: int, pad_id: int, rank: int, world: int) -> float:
+    """One optimizer step (``gradient_accumulation`` micro-batches); the mean loss over micro-batches and ranks."""
+    import torch
+    import torch.distributed as dist
+
+    from steermoe.finetune.data import collate
+
+    losses = []
+    for micro in range(cfg.gradient_accumulation):
+        idx = batch_indices(len(examples), cfg.seed, step, micro, cfg, rank, world)
+        batch = _to_device(collate([examples[i] for i in idx], pad_id), engine.device)
+        loss = engine(**batch).loss
+        engine.backward(loss)
+        engine.step()
+        losses.append(loss.detach().float())
+    loss_t = torch.stack(losses).mean()
+    if world > 1:
+        dist.all_reduce(loss_t)
+        loss_t /= world
+    value = float(loss_t)
+    if engine.device.type == "cuda":
+        torch.cuda.synchronize()  # the step's time is measured after this returns
+    return value
+
+
+def _run_metrics(engine, cfg, trainable: int, total: int, step_times: list[float], world: int) -> dict:
+    return {
         "trainable_params": trainable,
         "total_params": total,
         "trainable_fraction": trainable / max(total, 1),
@@ -282,10 +290,11 @@ def run_training(
         "zero_stage": cfg.zero_stage,
         "precision": cfg.precision,
     }
-    for key, value in before.items():
-        metrics[f"heldout_{key}_loss_before"] = value
-    for key, value in after.items():
-        metrics[f"heldout_{key}_loss_after"] = value
+
+
+def _heldout_metrics(before: dict, after: dict) -> dict:
+    metrics = {f"heldout_{key}_loss_before": value for key, value in before.items()}
+    metrics.update({f"heldout_{key}_loss_after": value for key, value in after.items()})
     if "all" in after:
         metrics["heldout_loss"] = after["all"]
-    return engine, metrics
+    return metrics
