@@ -6,18 +6,22 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.steermoe-installed
 VLLM_STAMP := $(VENV)/.vllm-installed
+RAY_STAMP := $(VENV)/.ray-installed
 # Keep the DeepSpeed JIT build between runs.
 export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/steermoe/torch_extensions
+# Idle OpenMP threads sleep instead of spinning (same results; much faster on a shared CPU): see steermoe/cli/__init__.py.
+export OMP_WAIT_POLICY ?= PASSIVE
 
 .PHONY: venv demo test lint bench clean
 
-$(STAMP): pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	# CPU torch unless a torch is already importable (keeps a CUDA build on GPU boxes).
-	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q torch==2.13.0
-	$(PY) -m pip install -q -e '.[dev,ray]'
+# The demo's install: steermoe and its dev tools (uv installs; see .ci/install-venv.sh). The tests add Ray.
+$(STAMP): pyproject.toml .ci/install-venv.sh
+	PYTHON=$(PYTHON) bash .ci/install-venv.sh $(VENV) dev
 	touch $(STAMP)
+
+$(RAY_STAMP): $(STAMP)
+	PYTHON=$(PYTHON) bash .ci/install-venv.sh $(VENV) dev,ray
+	touch $(RAY_STAMP)
 
 # vLLM (CPU build) is installed in a call of its own: see .ci/install-vllm.sh for why.
 $(VLLM_STAMP): $(STAMP) .ci/install-vllm.sh
@@ -29,7 +33,7 @@ venv: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/steermoe run --config configs/demo.yaml
 
-test: $(STAMP) $(VLLM_STAMP)
+test: $(RAY_STAMP) $(VLLM_STAMP)
 	# The Prefect UI browser test drives Chromium with playwright-core (no browser download); it skips without them.
 	if command -v npm >/dev/null; then (cd tests/ui && npm ci --silent --no-audit --no-fund); fi
 	$(VENV)/bin/ruff check .

@@ -55,3 +55,16 @@ def test_config_show(tmp_path):
     out = steermoe("config", "show", "--config", str(tmp_path / "c.yaml"))
     assert out.returncode == 2
     assert "selection.topk: unknown key" in out.stderr
+
+
+def test_the_cli_lets_idle_openmp_threads_sleep_unless_told_otherwise():
+    """OMP_WAIT_POLICY is read once, when torch loads OpenMP: the CLI sets it first (PASSIVE), a user's choice wins."""
+    import os
+
+    code = "import os, steermoe.cli; print(os.environ['OMP_WAIT_POLICY'])"
+    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
+    for given, expected in ((None, "PASSIVE"), ("ACTIVE", "ACTIVE")):
+        run_env = env if given is None else {**env, "OMP_WAIT_POLICY": given}
+        out = subprocess.run([sys.executable, "-c", code], env=run_env, capture_output=True, text=True, timeout=120)
+        assert out.returncode == 0, out.stderr[-500:]
+        assert out.stdout.strip() == expected

@@ -21,6 +21,7 @@ from steermoe.failpoints import failpoint
 
 __all__ = [
     "ensure_dist_env",
+    "skip_shm_comm_build",
     "deepspeed_config",
     "total_steps",
     "batch_indices",
@@ -55,6 +56,18 @@ def ensure_dist_env() -> None:
         os.environ[OWN_DIST_ENV] = "1"
     default_ext = Path.home() / ".cache" / "steermoe" / "torch_extensions"
     os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(default_ext))
+
+
+def skip_shm_comm_build() -> None:
+    """Tell DeepSpeed its shared-memory all-reduce op is unavailable, so setting up communication does
+    not JIT-compile it (about a minute of C++ on two cores, the first time on a machine).
+
+    Only DeepSpeed's inference all-reduce (tensor-parallel serving) calls that op; training reduces
+    through torch.distributed, so results are the same. DeepSpeed keeps the probed table in one dict
+    for the process and reads it when its TorchBackend is created."""
+    import deepspeed.ops
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
 
 
 def deepspeed_config(cfg, world_size: int) -> dict:

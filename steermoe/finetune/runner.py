@@ -198,7 +198,7 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     import deepspeed
 
     from steermoe.config import FinetuneConfig
-    from steermoe.finetune.engine import ensure_dist_env, run_training
+    from steermoe.finetune.engine import ensure_dist_env, run_training, skip_shm_comm_build
     from steermoe.finetune.experts import prepare_full, prepare_selective
     from steermoe.finetune.integrity import frozen_snapshot, verify_frozen
     from steermoe.modeling import load_pretrained
@@ -207,6 +207,7 @@ def run_job(job: dict, examples: Sequence, heldout: Sequence, callback: Callable
     out_dir = Path(job["out_dir"])
     ensure_dist_env()
     device = _device(cfg)
+    skip_shm_comm_build()
     deepspeed.init_distributed(dist_backend="nccl" if device.startswith("cuda") else "gloo")
     rank = int(os.environ["RANK"])
     started = time.perf_counter()
