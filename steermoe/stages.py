@@ -242,25 +242,27 @@ def select_experts_stage(selection_cfg, table_path: str, out_dir: str | Path) ->
 
 
 def _base_answers(cfg, model_path: str, safe, store_path: str | None) -> list[str]:
-    """The base model's answers to the safe training prompts: reused from the routing store when it
-    answered them with the same token budget (same greedy decoding of the same model), else generated."""
+    """The base model's greedy answers to the safe training prompts: reused from the routing store when it
+    answered them the same way (greedy, the same token budget and chat options: the same answers of the same
+    model), else generated."""
+    from steermoe.generation import GenerationSettings
     from steermoe.routing import RoutingStore
 
+    g = cfg.generation  # greedy: the answers benign training preserves are the model's most likely ones
+    greedy = GenerationSettings(max_new_tokens=cfg.finetune.answer_max_new_tokens, batch_size=g.batch_size, chat_template_kwargs=g.chat_template_kwargs)
     ids = safe["id"].astype(str).tolist()
-    store = RoutingStore(store_path) if store_path is not None else None
-    if store is not None and store.manifest.get("generation", {}).get("max_new_tokens") == cfg.finetune.answer_max_new_tokens:
-        seqs = store.sequences()
+    answered = RoutingStore(store_path).manifest.get("generation", {}) if store_path is not None else {}
+    alike = ("max_new_tokens", "do_sample", "chat_template_kwargs")
+    if answered and all(answered.get(k) == getattr(greedy, k) for k in alike):
+        seqs = RoutingStore(store_path).sequences()
         known = dict(zip(seqs["prompt_id"].astype(str), seqs["generated_text"]))
         if all(i in known for i in ids):
             return [known[i] for i in ids]
     from steermoe.finetune import base_model_answers
-    from steermoe.generation import GenerationSettings
     from steermoe.modeling import load_pretrained, release_memory
     from steermoe.prompts import to_messages
 
     model, tokenizer = load_pretrained(cfg.model, model_path)
-    g = cfg.generation  # greedy: the answers benign training preserves are the model's most likely ones
-    greedy = GenerationSettings(max_new_tokens=cfg.finetune.answer_max_new_tokens, batch_size=g.batch_size, chat_template_kwargs=g.chat_template_kwargs)
     answers = base_model_answers(model, tokenizer, [to_messages(r) for r in safe.to_dict("records")], greedy)
     del model
     release_memory()

@@ -57,3 +57,28 @@ def test_prepare_model_stage_fingerprints_the_weights(tiny_demo_model):
     record = stages.prepare_model_stage(ModelConfig(source=str(tiny_demo_model)))
     assert record["fingerprint"] == model_fingerprint(tiny_demo_model)
     assert record["model_type"] == "qwen3_moe"
+
+
+def test_fine_tuning_reuses_the_routing_answers_only_where_they_are_the_greedy_ones(tiny_demo_model, tmp_path):
+    """The base answers benign training preserves are greedy; a routing store answered by sampling (same token
+    budget) holds other answers, so they are generated again rather than reused."""
+    from steermoe.config import RunConfig
+    from steermoe.demo import load_demo_prompts
+    from steermoe.generation import GenerationSettings
+    from steermoe.modeling import generate, load_pretrained
+    from steermoe.prompts import to_messages
+    from steermoe.routing import collect_routing
+
+    demo = load_demo_prompts()
+    safe = demo[(demo["label"] == "safe") & (demo["split"] == "train")].head(6).reset_index(drop=True)
+    cfg = RunConfig.model_validate({"model": {"source": str(tiny_demo_model), "device": "cpu"}, "finetune": {"answer_max_new_tokens": 6}})
+    model, tok = load_pretrained(cfg.model, tiny_demo_model)
+    greedy = GenerationSettings(max_new_tokens=6, chat_template_kwargs=cfg.generation.chat_template_kwargs)
+    want = generate(model, tok, [to_messages(r) for r in safe.to_dict("records")], greedy, progress=False).texts
+    sampled = GenerationSettings(max_new_tokens=6, do_sample=True, temperature=50.0, seed=1, chat_template_kwargs=greedy.chat_template_kwargs)
+    stores = {}
+    for name, settings in (("greedy", greedy), ("sampled", sampled)):
+        stores[name] = collect_routing(model, tok, safe, tmp_path / name, generation=settings, progress=False)
+    assert stores["sampled"].sequences()["generated_text"].tolist() != want  # else the test proves nothing
+    assert stages._base_answers(cfg, "/no/model/here", safe, str(stores["greedy"].path)) == want  # reused: nothing loaded
+    assert stages._base_answers(cfg, str(tiny_demo_model), safe, str(stores["sampled"].path)) == want  # generated again

@@ -28,7 +28,7 @@ Two ways of recording, chosen by ``capture``:
   tokens and drop the extra one, so every kept token has been fed through the model.
 
 Both need prefix caching off (a cached prefix is never run through the model, so its routing would be
-missing). ``mode="two_phase"`` generates with vLLM and records with one teacher-forced Hugging Face forward
+missing). ``routing.mode="two_phase"`` generates with vLLM and records with one teacher-forced Hugging Face forward
 per batch (:func:`steermoe.routing.collect.collect_routing`).
 """
 
