@@ -81,20 +81,11 @@ def run_mode(args) -> dict:
     cfg = FinetuneConfig(zero_stage=args.zero_stage, precision="bf16", batch_size=args.batch, learning_rate=1e-4, warmup_steps=1, weight_decay=0.01)
     engine = _init_engine(model, cfg, 1)
     gen = torch.Generator(device=args.device).manual_seed(0)
-    times = []
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    for step in range(args.warmup + args.steps):
-        ids = torch.randint(0, shape["vocab_size"], (args.batch, args.seq), device=args.device, generator=gen)
-        sync()
-        t0 = time.perf_counter()
-        loss = engine(input_ids=ids, labels=ids).loss
-        engine.backward(loss)
-        engine.step()
-        sync()
-        if step >= args.warmup:
-            times.append(time.perf_counter() - t0)
+    times, loss = _steps(engine, gen, shape, args.batch, args.seq, args, sync)
     after = mem()
+    sweep = _sweep(engine, model, gen, shape, args, sync) if args.sweep else None
     result = {
         "mode": args.mode,
         "layers": args.layers,
@@ -115,10 +106,61 @@ def run_mode(args) -> dict:
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
         "final_loss": float(loss),
     }
+    if sweep is not None:
+        result["sweep"] = sweep
     if base_cpu is not None:
         materialize(model, plan)
         result["bit_identity"] = check_identity(model, base_cpu, selection)
     return result
+
+
+def _steps(engine, gen, shape: dict, batch: int, seq: int, args, sync) -> tuple[list[float], object]:
+    """``--warmup`` + ``--steps`` optimizer steps on random ids; the measured steps' seconds and the last loss."""
+    import torch
+
+    times, loss = [], None
+    for step in range(args.warmup + args.steps):
+        ids = torch.randint(0, shape["vocab_size"], (batch, seq), device=args.device, generator=gen)
+        sync()
+        t0 = time.perf_counter()
+        loss = engine(input_ids=ids, labels=ids).loss
+        engine.backward(loss)
+        engine.step()
+        sync()
+        if step >= args.warmup:
+            times.append(time.perf_counter() - t0)
+    return times, loss
+
+
+def _sweep(engine, model, gen, shape: dict, args, sync) -> list[dict]:
+    """Peak memory and step time of each ``BATCHxSEQ[:gc]`` micro-batch of ``--sweep`` on the same engine (the model
+    and train state are shared; the peak is reset before each). ``gc``: activation checkpointing per decoder layer,
+    as ``finetune.gradient_checkpointing``. What fits a smaller card is read from these peaks."""
+    import torch
+
+    from steermoe.finetune.engine import enable_gradient_checkpointing
+
+    cuda = args.device == "cuda"
+    rows = []
+    for spec in args.sweep.split(","):
+        size, _, flag = spec.partition(":")
+        batch, seq = (int(x) for x in size.split("x"))
+        if flag == "gc":
+            enable_gradient_checkpointing(model)
+        else:
+            model.gradient_checkpointing_disable()
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        times, _ = _steps(engine, gen, shape, batch, seq, args, sync)
+        row = {"micro_batch": batch, "seq": seq, "gradient_checkpointing": flag == "gc",
+               "peak_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2) if cuda else 0.0,
+               "reserved_peak_gib": round(torch.cuda.max_memory_reserved() / 2**30, 2) if cuda else 0.0,
+               "step_seconds_median": round(sorted(times)[len(times) // 2], 4)}
+        rows.append(row)
+        print("SWEEP " + json.dumps(row), flush=True)
+    model.gradient_checkpointing_disable()
+    return rows
 
 
 def check_identity(model, base_cpu: dict, selection) -> dict:
@@ -153,6 +195,10 @@ def markdown(results: list[dict]) -> str:
             f"| {r['mode']} | {r['trainable_params']:,} | {r['trainable_fraction']:.4f} | {r['model_bytes'] / gib:.2f} | "
             f"{r['train_state_bytes'] / gib:.2f} | {r['peak_bytes'] / gib:.2f} | {r['step_seconds_median']:.3f} |"
         )
+    for r in results:
+        for row in r.get("sweep", []):
+            lines.append(f"- {r['mode']} micro-batch {row['micro_batch']} x {row['seq']}{' + activation checkpointing' if row['gradient_checkpointing'] else ''}: "
+                         f"peak {row['peak_gib']:.2f} GiB allocated ({row['reserved_peak_gib']:.2f} reserved), {row['step_seconds_median']:.3f} s/step")
     if "selective" in by and "full" in by:
         s, f = by["selective"], by["full"]
         lines.append("")
@@ -180,10 +226,16 @@ def main() -> int:
     p.add_argument("--device", default="cuda", help="cuda, or cpu for a smoke run (with --tiny)")
     p.add_argument("--tiny", action="store_true", help="a tiny shape instead of Qwen3-30B-A3B (smoke runs)")
     p.add_argument("--check", action="store_true", help="check the bit-identity rule after the selective run")
+    p.add_argument("--sweep", default="", help="after the measured steps, more micro-batches on the same engine: BATCHxSEQ[:gc],... "
+                   "(gc: activation checkpointing), e.g. 8x256,8x256:gc,4x256")
     p.add_argument("--out", type=Path, default=None, help="write results JSON (and a .md table beside it)")
     args = p.parse_args()
     if args.mode != "both":
-        print("RESULT " + json.dumps(run_mode(args)), flush=True)
+        result = run_mode(args)
+        print("RESULT " + json.dumps(result), flush=True)
+        if args.out:
+            args.out.write_text(json.dumps([result], indent=2))
+            args.out.with_suffix(".md").write_text(markdown([result]) + "\n")
         return 0
     results = []
     for mode in ("selective", "full"):

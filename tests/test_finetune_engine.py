@@ -169,3 +169,17 @@ def test_a_child_process_does_not_reuse_the_port_this_process_listens_on(world, 
     out = subprocess.run([sys.executable, "-c", child], env=dict(os.environ), capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr[-500:]
     assert out.stdout.strip() != os.environ["MASTER_PORT"]
+
+
+def test_gradient_checkpointing_trains_the_same_experts_to_the_same_result(world, tmp_path):
+    """finetune.gradient_checkpointing recomputes activations in the backward pass: same losses, same trained rows,
+    every other weight bit-identical (the memory it saves is measured on the GPU: benchmarks/finetune_bench.py)."""
+    base_path, base, examples = world
+    results = {}
+    for gc in (False, True):
+        cfg = FinetuneConfig(zero_stage=2, gradient_checkpointing=gc, **BASE_CFG)
+        results[gc] = finetune_experts(base_path, SELECTION, examples, cfg, tmp_path / str(gc), progress=False)
+    plain, checkpointed = (check_run(results[gc], base_path, base) for gc in (False, True))
+    assert results[True].metrics["loss_history"] == pytest.approx(results[False].metrics["loss_history"], rel=1e-5)
+    for name, value in checkpointed.state_dict().items():
+        torch.testing.assert_close(value, plain.state_dict()[name], rtol=1e-5, atol=1e-6, msg=name)

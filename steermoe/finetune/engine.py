@@ -162,6 +162,12 @@ def _set_rng_state(state: dict | None) -> None:
     np.random.set_state(state["numpy"])
 
 
+def enable_gradient_checkpointing(model) -> None:
+    """Activation checkpointing per decoder layer (transformers' own). Non-reentrant: the embeddings are frozen, so a
+    layer's input carries no gradient, and the reentrant variant would then drop the trained experts' gradients."""
+    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def _init_engine(model, cfg, world_size: int):
     import deepspeed
     import torch
@@ -231,6 +237,8 @@ def run_training(
 
     rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
     trainable, total = count_parameters(model)
+    if getattr(cfg, "gradient_checkpointing", False):
+        enable_gradient_checkpointing(model)
     engine = _init_engine(model, cfg, world)
     device = engine.device
     client = _resume(engine, ckpt_dir, selective)
