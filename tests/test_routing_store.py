@@ -1,5 +1,8 @@
 """The routing store: atomic shards, checksums, streaming reads, refusal to mix runs."""
 
+import hashlib
+import json
+
 import numpy as np
 import pytest
 
@@ -68,3 +71,29 @@ def test_inconsistent_sequence_is_an_internal_error(tmp_path):
     bad.generated_experts = bad.generated_experts[:0]
     with pytest.raises(AssertionError):
         shard_tables(0, [{"id": "x"}], [bad])
+
+
+def test_a_format_1_shard_of_fixed_size_lists_still_reads_the_same(tmp_path):
+    """Format 2 stores each token's experts / weights / logits as one fixed-size binary cell (written ~4x and read ~10x
+    faster at Qwen3-30B-A3B scale); a store written by format 1 (fixed-size lists of int16 / fp16) reads the same."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    store = _write(tmp_path / "s")
+    assert store.manifest["format_version"] == 2
+    new = [(s.experts.copy(), s.token_id.copy()) for s in store.iter_shards()]
+    path = tmp_path / "s" / "shard-00000.tokens.parquet"
+    table = pq.read_table(path)
+    assert pa.types.is_fixed_size_binary(table.schema.field("experts").type)
+    flat = new[0][0].reshape(len(table), -1)
+    old = table.set_column(table.schema.get_field_index("experts"), "experts",
+                           pa.FixedSizeListArray.from_arrays(pa.array(flat.reshape(-1)), flat.shape[1]))
+    pq.write_table(old, path)
+    manifest_path = tmp_path / "s" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["shards"]["shard-00000"]["tokens_sha256"] = hashlib.sha256(path.read_bytes()).hexdigest()
+    manifest_path.write_text(json.dumps(manifest))
+    shard = next(RoutingStore(tmp_path / "s").iter_shards())
+    assert shard.experts.dtype == np.int16
+    np.testing.assert_array_equal(shard.experts, new[0][0])
+    np.testing.assert_array_equal(shard.token_id, new[0][1])
