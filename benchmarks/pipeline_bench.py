@@ -124,6 +124,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--train", type=int, default=1024)
     ap.add_argument("--eval", dest="eval_rows", type=int, default=256)
     ap.add_argument("--runs", type=int, default=2)
+    ap.add_argument("--keep-prompts", action="store_true", help="reuse the padded prompt set when it exists (a later, "
+                    "separate invocation of the same runs: the device tool's calls are at most 10 minutes each)")
     ap.add_argument("--json", default=None)
     args = ap.parse_args(argv)
 
@@ -137,8 +139,10 @@ def main(argv=None) -> dict:
     cfg = load_config(args.config, args.overrides)
     prompts_path = Path(cfg.prompts.sources[0].path)
     t0 = time.time()
-    rc = run_app(["pad-prompts", str(prompts_path), "--config", args.config, *sum((["--set", o] for o in args.overrides), []),
-                  "--tokens", str(args.tokens), "--train", str(args.train), "--eval", str(args.eval_rows)])
+    rc = 0
+    if not (args.keep_prompts and prompts_path.exists()):
+        rc = run_app(["pad-prompts", str(prompts_path), "--config", args.config, *sum((["--set", o] for o in args.overrides), []),
+                      "--tokens", str(args.tokens), "--train", str(args.train), "--eval", str(args.eval_rows)])
     pad_seconds = time.time() - t0
     if rc:
         raise SystemExit(f"pad-prompts failed with exit code {rc}")

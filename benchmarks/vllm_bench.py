@@ -331,6 +331,35 @@ def token_agreement(a: list[list[int]], b: list[list[int]]) -> dict:
             "mean_common_prefix": round(float(np.mean(pre)), 2), "mean_length": round(float(np.mean([len(x) for x in a])), 2)}
 
 
+def saved_folder(args) -> tuple[Path, object, float]:
+    """The reduced-depth (``--ex-layers``) random-weight folder both exactness and patched evaluation read."""
+    device = args.device
+    folder = Path(args.tmp) / "base"
+    t0 = time.perf_counter()
+    model = build(args.shape, args.ex_layers, device, "bfloat16" if device.startswith("cuda") else "float32")
+    tok = word_tokenizer(model.config.vocab_size)
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(folder)
+    tok.save_pretrained(folder)
+    del model
+    seconds = round(time.perf_counter() - t0, 1)
+    log("saved", folder, seconds)
+    return folder, tok, seconds
+
+
+def patched(args) -> dict:
+    """Patched evaluation alone, in every ``--patched-dtypes`` dtype (the fp32 run separates arithmetic from merging)."""
+    folder, tok, seconds = saved_folder(args)
+    out: dict = {"layers": args.ex_layers, "save_s": seconds, "dtypes": {}}
+    for dtype in args.patched_dtypes.split(","):
+        try:
+            out["dtypes"][dtype] = patched_evaluation(args, folder, tok, dtype)
+        except Exception as e:
+            out["dtypes"][dtype] = {"error": f"{type(e).__name__}: {str(e)[:400]}"}
+            traceback.print_exc()
+    return out
+
+
 def exactness(args) -> dict:
     import torch
 
@@ -348,17 +377,9 @@ def exactness(args) -> dict:
 
     device = args.device
     tmp = Path(args.tmp)
-    folder = tmp / "base"
-    t0 = time.perf_counter()
-    model = build(args.shape, args.ex_layers, device, "bfloat16" if device.startswith("cuda") else "float32")
-    vocab = model.config.vocab_size
-    tok = word_tokenizer(vocab)
-    model.generation_config.eos_token_id = tok.eos_token_id
-    model.save_pretrained(folder)
-    tok.save_pretrained(folder)
-    del model
-    out: dict = {"layers": args.ex_layers, "save_s": round(time.perf_counter() - t0, 1), "dtypes": {}}
-    log("saved", folder, out["save_s"])
+    folder, tok, seconds = saved_folder(args)
+    vocab = tok.eos_token_id + 1
+    out: dict = {"layers": args.ex_layers, "save_s": seconds, "dtypes": {}}
     prompts = random_prompts(args.ex_prompts, args.prompt_len, vocab, seed=2)
     eos = _eos_ids(folder, tok)
     from transformers import AutoConfig
@@ -411,8 +432,9 @@ def exactness(args) -> dict:
     return out
 
 
-def patched_evaluation(args, folder: Path, tok) -> dict:
-    """Answers of base and patched models through vLLM (merged folder) vs HF (load + apply_patch), greedy."""
+def patched_evaluation(args, folder: Path, tok, dtype: str | None = None) -> dict:
+    """Answers of base and patched models through vLLM (merged folder) vs HF (load + apply_patch), greedy; ``dtype``
+    default: bf16 on a GPU, fp32 on CPU."""
     import torch
 
     from steermoe.adapters import adapter_for
@@ -425,8 +447,8 @@ def patched_evaluation(args, folder: Path, tok) -> dict:
     from steermoe.selection import ExpertSelection
 
     device = args.device if args.device.startswith("cuda") else "cpu"
-    tmp = Path(args.tmp)
-    dtype = "bfloat16" if device == "cuda" else "float32"
+    tmp = Path(args.tmp) / f"patched-{dtype}" if dtype else Path(args.tmp)
+    dtype = dtype or ("bfloat16" if device == "cuda" else "float32")
     t0 = time.perf_counter()
     cpu_model = load_model(folder, dtype=dtype, device="cpu")
     experts = adapter_for(cpu_model).num_experts(cpu_model.config)
@@ -440,7 +462,7 @@ def patched_evaluation(args, folder: Path, tok) -> dict:
     save_patch(tmp / "patch", plan, model_fingerprint(folder), selection)
     del cpu_model, plan
     merged = merged_patched_folder(folder, tmp / "patch", tmp / "merged", dtype=dtype)
-    out: dict = {"selected_experts": len(chosen), "patch_and_merge_s": round(time.perf_counter() - t0, 1)}
+    out: dict = {"dtype": dtype, "selected_experts": len(chosen), "patch_and_merge_s": round(time.perf_counter() - t0, 1)}
     conversations = [[{"role": "user", "content": " ".join(f"t{i}" for i in p)}] for p in random_prompts(args.ex_prompts, args.prompt_len, tok.eos_token_id, 4)]
     extra = {"enforce_eager": True}
     if device == "cuda":
@@ -464,7 +486,7 @@ def patched_evaluation(args, folder: Path, tok) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "exactness": exactness}
+SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "exactness": exactness, "patched": patched}
 
 
 def sub_section(args, name: str, more: list[str] | None = None, timeout: float = 600) -> dict:
@@ -527,6 +549,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--ex-batch", type=int, default=32)
     ap.add_argument("--ex-dtypes", default="bfloat16,float32")
     ap.add_argument("--ex-gpu-memory-utilization", type=float, default=0.3)
+    ap.add_argument("--patched-dtypes", default="float32", help="Section 'patched': the dtypes of the patched evaluation.")
     ap.add_argument("--capture", default="routed_experts", help="vLLM capture for exactness (hooks: CPU smoke runs).")
     ap.add_argument("--tmp", default=None)
     args = ap.parse_args(argv)
@@ -571,6 +594,8 @@ def _print(results: dict) -> None:
               f"tokens {row.get('greedy_tokens_vllm_vs_hf_generate')} {row.get('error', '')}")
     if ex.get("patched_evaluation"):
         print("patched evaluation:", json.dumps(ex["patched_evaluation"]))
+    for dtype, row in results.get("patched", {}).get("dtypes", {}).items():
+        print(f"patched evaluation {dtype}:", json.dumps(row))
 
 
 if __name__ == "__main__":
