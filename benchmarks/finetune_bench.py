@@ -85,6 +85,7 @@ def run_mode(args) -> dict:
         torch.cuda.reset_peak_memory_stats()
     times, loss = _steps(engine, gen, shape, args.batch, args.seq, args, sync)
     after = mem()
+    peak = torch.cuda.max_memory_allocated() if cuda else 0  # before the sweep resets it
     sweep = _sweep(engine, model, gen, shape, args, sync) if args.sweep else None
     result = {
         "mode": args.mode,
@@ -100,7 +101,7 @@ def run_mode(args) -> dict:
         "trained_param_bytes": selected_bytes,
         "model_bytes": model_bytes,
         "train_state_bytes": after - model_bytes,
-        "peak_bytes": torch.cuda.max_memory_allocated() if cuda else 0,
+        "peak_bytes": peak,
         "step_seconds_median": sorted(times)[len(times) // 2],
         "step_seconds_all": times,
         "device": torch.cuda.get_device_name(0) if cuda else "cpu",
