@@ -9,6 +9,9 @@
 # Code: this script's repository copy (.gpu-run, carried); wheels: .whl-scale1/2 (.ci/gpu-wheels.sh), .vx1-.vx7
 # (../shared/gpu/vllm-parts.sh), .gpu-raya/.gpu-rayb (the ray 2.60 wheel in two parts), .gpu-demo (the demo model).
 # Steps, in order: scale1, run1, vx 1 .. vx 5, vx6, vx7, wait1, run2, tput, patched (+ ray when its parts came).
+# A folder a call does not carry is gone from the device, so the calls that carry no .gpu-run (vx, vx6, vx7, wait1)
+# run the copy run1 made: bash /tmp/gs/code/benchmarks/gpu_session.sh vx 1. Carry .gpu-raya with run2 and .gpu-rayb
+# with tput to get Ray there (2 x ~38 MiB), .gpu-demo with patched.
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)
