@@ -37,5 +37,5 @@ phase install make venv
 phase demo-model .venv/bin/steermoe demo-model
 phase stages make demo
 awk '{w += $3; c += $6} END {printf "%-12s wall %7.1f s   cpu %7.1f s\n", "total", w, c}' "$report" | tee -a "$report"
-sed -n '/steermoe run/,/^outputs/p' "$work/stages.log"
+sed -n "/steermoe run 'demo'/,/^outputs/p" "$work/stages.log"  # the run's own table: seconds per stage
 echo "logs and timings: $work"

@@ -8,6 +8,7 @@ Prefect and MLflow are imported inside the commands (the library itself never im
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -57,7 +58,8 @@ def evaluation_table(metrics: dict[str, dict[str, float]]) -> Table:
     return table
 
 
-def _summary(summary: dict, flow_run_id: str | None) -> None:
+def _summary(summary: dict, flow_run_id: str | None, total_seconds: float) -> None:
+    in_stages = sum(summary["seconds"].values())
     stages = Table(title=f"steermoe run '{summary['run_name']}'")
     for col in ("stage", "state", "seconds", "outputs"):
         stages.add_column(col)
@@ -65,6 +67,9 @@ def _summary(summary: dict, flow_run_id: str | None) -> None:
         style = "green" if state == "Cached" else None
         stages.add_row(stage, state, f"{summary['seconds'].get(stage, 0):.1f}", _outputs(summary["records"].get(stage, {})), style=style)
     console.print(stages)
+    # Where a first run's time goes: the stages, and the rest (imports, Prefect's temporary server, MLflow's tables).
+    spent = f"{total_seconds:.0f} s in all: {in_stages:.0f} s in the stages, {total_seconds - in_stages:.0f} s starting Prefect, MLflow and imports"
+    console.print(spent, soft_wrap=True, highlight=False)
 
     metrics = summary["records"].get("evaluate", {}).get("metrics", {})
     if metrics:
@@ -94,13 +99,14 @@ def run(config: Optional[Path] = ConfigOption, overrides: Optional[list[str]] = 
     """Run the whole pipeline (cached stages) on one config; no server needed."""
     from steermoe.config import load_config
 
+    started = time.perf_counter()
     cfg = load_config(config, overrides or [])
     _prefect_ready(cfg)
     from flows.pipeline import safety_pipeline
 
     state = safety_pipeline(config=cfg, return_state=True)
     summary = state.result()  # re-raises the failing stage's error (one line for user errors)
-    _summary(summary, str(state.state_details.flow_run_id) if state.state_details else None)
+    _summary(summary, str(state.state_details.flow_run_id) if state.state_details else None, time.perf_counter() - started)
     return 0
 
 
