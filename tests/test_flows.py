@@ -2,7 +2,6 @@
 real DeepSpeed. One pipeline world per module; the tests run in order and build on each other's runs."""
 
 import json
-import re
 import shutil
 from types import SimpleNamespace
 
@@ -276,7 +275,6 @@ def test_cli_run_reuses_every_stage_and_prints_the_summary(world, first_run):
     assert out.returncode == 0, out.stderr[-2000:]
     lines = [line for line in out.stdout.splitlines() if line.strip("│ ").split(" ")[0] in STAGES]
     assert len(lines) == len(STAGES) and all("Cached" in line for line in lines), "\n".join(lines)
-    assert re.search(r"\d+ s in all: \d+ s in the stages, \d+ s starting Prefect", out.stdout), out.stdout[-1500:]
     assert f"models:/{MODEL}@challenger" in out.stdout and "mlflow ui --backend-store-uri sqlite:///" in out.stdout
 
 
