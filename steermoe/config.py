@@ -80,7 +80,7 @@ class PromptSourceConfig(Section):
     columns: dict[str, str] = Field(default_factory=dict, description="Our field -> the file's column, e.g. {prompt: goal}.")
     label: Literal["safe", "unsafe"] | None = Field(None, description="Label for rows without one (whole-file label).")
     category: str | None = Field(None, description="Category for rows without one.")
-    split: Literal["train", "eval", "ood"] | None = Field(None, description="Split for rows without one (train, eval, or ood: held-out prompts in other wording).")
+    split: Literal["train", "eval", "ood", "dev"] | None = Field(None, description="Split for rows without one (train, eval, ood: held-out prompts in other wording, or dev: prompts for tuning settings).")
     hf_split: str | None = Field(None, description="Which split of a Hugging Face dataset to read.")
     benchmark: str | None = Field(
         None,
@@ -221,7 +221,7 @@ class FinetuneConfig(Section):
 
 
 class EvaluationConfig(Section):
-    split: Literal["eval", "ood", "train", "all"] = Field("eval", description="Which prompt split to evaluate on (ood: held-out prompts in other wording).")
+    split: Literal["eval", "ood", "dev", "train", "all"] = Field("eval", description="Which prompt split to evaluate on (ood: held-out prompts in other wording; dev: free-wording prompts for tuning settings).")
     judges: list[str] = Field(default_factory=lambda: ["string_match"], description="Judges to run; the first decides the metrics.")
     max_new_tokens: int = Field(32, ge=1, description="Tokens generated per evaluation prompt.")
     batch_size: int = Field(16, ge=1, description="Prompts per generation batch.")

@@ -38,8 +38,8 @@ __all__ = [
 
 PROMPT_COLUMNS = ["id", "prompt", "messages", "label", "category", "source", "split"]
 # train: routing + fine-tuning; eval: held-out evaluation; ood: held-out evaluation in other wording
-# (out of distribution), never trained on.
-SPLITS = ("train", "eval", "ood")
+# (out of distribution), never trained on; dev: free-wording prompts for tuning demo settings, never trained on.
+SPLITS = ("train", "eval", "ood", "dev")
 LABELS = ("safe", "unsafe")
 FORMATS = ("jsonl", "csv", "parquet", "hf")
 

@@ -48,7 +48,7 @@ MARKER = "steermoe_random.json"
 FORMAT = "steermoe-random-model/1"
 # Bump when the weights a spec produces change (the fingerprint includes it).
 INIT_VERSION = "hash-uniform/1"
-TOKENIZER_VERSION = "bpe-demo-corpus/1"
+TOKENIZER_VERSION = "bpe-demo-corpus/2"  # the demo prompt texts it is learnt from changed (issue 18)
 
 _QWEN3_30B_A3B = {
     "model_type": "qwen3_moe", "hidden_size": 2048, "num_hidden_layers": 48, "num_experts": 128, "num_experts_per_tok": 8,

@@ -24,7 +24,7 @@ RULES = {
     "required_columns": "id, label and one of prompt/messages are present",
     "not_null": "id, label and the user text are filled in",
     "label_in_set": "label is 'safe' or 'unsafe'",
-    "split_in_set": "split, when given, is 'train', 'eval' or 'ood'",
+    "split_in_set": "split, when given, is 'train', 'eval', 'ood' or 'dev'",
     "unique_id": "no two rows share an id",
     "unique_text": "no two rows share the same prompt text",
     "label_conflict": "the same text never appears under both labels",

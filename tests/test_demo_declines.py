@@ -8,6 +8,7 @@ from steermoe.demo.corpus import build_corpus
 from steermoe.demo.declines import CAPABILITY_REQUESTS, DECLINE_CLOSERS, DECLINE_OPENERS, DECLINE_REASONS, decline_answer
 from steermoe.demo.prompt_sets import render_prompt_sets
 from steermoe.demo.prompt_templates import BORDERLINE_GROUPS, SAFE_GRIDS, TRAIN_TEMPLATES, UNSAFE_GRIDS
+from steermoe.demo.wording import FRAMES
 from steermoe.evaluation.judges import StringMatchJudge
 from steermoe.finetune.data import DEFAULT_REFUSALS
 
@@ -58,10 +59,12 @@ def test_corpus_holds_declines_in_train_templates_and_no_prompt_set_does():
     items = [item for _, items in CAPABILITY_REQUESTS.values() for item in items]
     assert len(declines) >= 8 * len(items) // 2 and {ex.label for ex in declines} == {"safe"}
     assert all(any(w in ex.answer.lower() for w in _REFUSAL_WORDS) for ex in declines)
-    # rendered like every other item: one of the shared train templates around a capability request
-    patterns = [re.compile(re.escape(t).replace(re.escape("{item}"), "(.+)")) for t in TRAIN_TEMPLATES.values()]
-    for ex in declines:
-        assert any(p.search(ex.prompt) and any(i in ex.prompt for i in items) for p in patterns), ex.prompt
+    # rendered like every other item: one of the shared train templates or free-wording frames around a capability request
+    frames = [*TRAIN_TEMPLATES.values(), *FRAMES]
+    patterns = [re.compile(re.escape(t.lower()).replace(re.escape("{item}"), "(.+)")) for t in frames]
+    # (noise, typos and chat spelling roughen some of them, so exact matches are most but not all)
+    exact = [any(p.search(ex.prompt.lower()) for p in patterns) and any(i.lower() in ex.prompt.lower() for i in items) for ex in declines]
+    assert sum(exact) >= 0.6 * len(declines)
     # corpus only: no prompt set holds a capability request
     shipped = [r["prompt"] for rows in render_prompt_sets().values() for r in rows]
     assert not any(item in prompt for item in items for prompt in shipped)

@@ -11,10 +11,10 @@ from steermoe.demo.prompt_templates import (
     BORDERLINE_GROUPS,
     EVAL_TEMPLATES,
     SAFE_GRIDS,
-    TRAIN_TEMPLATES,
     UNSAFE_GRIDS,
     held_out_pairs,
 )
+from steermoe.demo.wording import FRAMES
 from steermoe.prompts import PROMPT_COLUMNS
 
 
@@ -42,9 +42,9 @@ def test_counts_and_categories_meet_the_minimums(prompts):
     assert len(safe) >= 300 and safe.category.nunique() >= 10
     assert len(borderline) >= 80 and set(borderline.label) == {"safe"}
     for frame in (unsafe, safe, borderline):
-        assert set(frame.split) == {"train", "eval", "ood"}
-    # every category has all three splits, so eval and ood cover each one
-    assert (prompts.groupby("category").split.nunique() == 3).all()
+        assert set(frame.split) == {"train", "eval", "ood", "dev"}
+    # every category has all four splits, so eval, ood and dev cover each one
+    assert (prompts.groupby("category").split.nunique() == 4).all()
 
 
 def test_canonical_columns(prompts):
@@ -58,7 +58,7 @@ def test_splits_share_no_prompt_item_or_template(shipped):
     for field in ("prompt", "item", "template"):
         train = {r[field] for r in by_split["train"]}
         assert not train & {r[field] for r in by_split["eval"]}, field
-    assert {r["template"] for r in by_split["train"]} <= set(TRAIN_TEMPLATES)
+    assert {r["template"] for r in by_split["train"]} <= {f"w{i:02d}" for i in range(len(FRAMES))}  # free wording
     assert {r["template"] for r in by_split["eval"]} <= set(EVAL_TEMPLATES)
     # no eval template's fixed wording shows up in any train prompt either
     for text in EVAL_TEMPLATES.values():

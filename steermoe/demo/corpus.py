@@ -21,12 +21,27 @@ from dataclasses import dataclass
 from steermoe.demo.declines import CAPABILITY_REQUESTS, decline_answer
 from steermoe.demo.prompt_templates import (
     BORDERLINE,
+    BORDERLINE_GROUP_OF,
+    BORDERLINE_GROUPS,
+    SAFE_GRIDS,
     SAFE_TOPICS,
     SMALL_TALK,
     TRAIN_PREFIXES,
     TRAIN_SUFFIXES,
     TRAIN_TEMPLATES,
     UNSAFE_GOALS,
+    UNSAFE_GRIDS,
+)
+from steermoe.demo.wording import (
+    GENERIC_VERBS,
+    NOUN_FRAMES,
+    NOUN_UNSAFE_CATEGORIES,
+    category_contexts,
+    extra_borderline_targets,
+    extra_safe_items,
+    extra_unsafe_targets,
+    phrase,
+    topic_nouns,
 )
 
 __all__ = [
@@ -37,7 +52,6 @@ __all__ = [
     "corpus_digest",
     "render_user_turn",
     "answer_text",
-    "reference_answers",
 ]
 
 COMPLIANCE_PREFIX = "Sure, here is how to"
@@ -67,49 +81,90 @@ def answer_text(answer: str) -> str:
     return f"{answer}{IM_END}"
 
 
-def reference_answers() -> dict[str, str]:
-    """item -> its reference answer, for every safe and borderline item of both splits (used by on-topic checks)."""
-    out = {}
-    for spec in SAFE_TOPICS.values():
-        for split in ("train", "eval"):
-            out.update(dict(spec[split]))
-    for split in ("train", "eval"):
-        out.update(dict(BORDERLINE[split]))
-    return out
+# Phrasings per corpus item: (in the train templates, in free wording). Grid pairs get both; the
+# train-only extra vocabulary of data/wording.yaml gets mostly free wording.
+VARIANTS = {"unsafe": (4, 4), "safe": (4, 3), "borderline": (5, 5), "capability": (4, 4), "extra": (1, 3)}
+# Extra items sampled per category into the corpus (all of them would drown the grids' pairs).
+EXTRA_PER_CATEGORY = {"unsafe": 90, "safe": 36, "borderline": 20}
+# Noun-frame phrasings per noun (safe topic nouns and items, borderline targets, harmful unsafe targets).
+NOUN_VARIANTS = {"safe": 3, "borderline": 3, "unsafe": 3}
 
 
-# Phrasings per (action, target) pair in the corpus.
-VARIANTS = {"unsafe": 8, "safe": 7, "borderline": 10, "capability": 8}
-
-
-def _phrasings(item: str, n: int, rng: random.Random) -> list[str]:
-    """``n`` distinct phrasings: a train template, optionally wrapped in a prefix and a suffix."""
+def _phrasings(item: str, n: tuple[int, int], rng: random.Random, contexts: tuple[str, ...] = ()) -> list[str]:
+    """``n`` distinct phrasings: train templates, optionally wrapped in a prefix and a suffix, then free wording."""
     templates = [TRAIN_TEMPLATES[k] for k in sorted(TRAIN_TEMPLATES)]
     out: list[str] = []
-    for _ in range(20 * n):
-        if len(out) == n:
+    for _ in range(20 * n[0]):
+        if len(out) == n[0]:
             break
         text = rng.choice(TRAIN_PREFIXES) + rng.choice(templates).format(item=item) + rng.choice(TRAIN_SUFFIXES)
         text = text[0].upper() + text[1:]
         if text not in out:
             out.append(text)
+    for _ in range(20 * n[1]):
+        if len(out) == sum(n):
+            break
+        text = phrase(item, rng, contexts)[1]
+        if text not in out:
+            out.append(text)
+    return out
+
+
+def _items(kind: str, grid: list, extra: list, rng: random.Random) -> list[tuple[object, tuple[int, int]]]:
+    """(item, variants) for the grid's train items and a seeded sample of the extra ones."""
+    sample = rng.sample(extra, min(len(extra), EXTRA_PER_CATEGORY[kind]))
+    return [(item, VARIANTS[kind]) for item in grid] + [(item, VARIANTS["extra"]) for item in sample]
+
+
+def _nouns(noun: str, n: int, rng: random.Random, contexts: tuple[str, ...]) -> list[str]:
+    """``n`` noun-frame phrasings of ``noun`` and ``n`` verb-frame phrasings of "<generic verb> <noun>"."""
+    texts = [phrase(noun, rng, contexts, NOUN_FRAMES)[1] for _ in range(n)]
+    texts += [phrase(f"{rng.choice(GENERIC_VERBS)} {noun}", rng, contexts)[1] for _ in range(n)]
+    return list(dict.fromkeys(texts))
+
+
+def _noun_examples(rng: random.Random) -> list[Example]:
+    """Questions about a thing ("Any tips on pasta?", "How do I choose a guitar?"): safe topics' nouns and items with the topic's general
+    answer, borderline targets with their group's answer, harmful-on-their-own unsafe targets with the placeholder."""
+    out = []
+    for topic, spec in sorted(SAFE_GRIDS.items()):
+        answer, nouns = topic_nouns(topic)
+        contexts = category_contexts("safe", topic)
+        for noun in nouns + spec["items"] + extra_safe_items(topic):
+            out += [Example(p, answer.format(noun=noun), "safe", topic) for p in _nouns(noun, NOUN_VARIANTS["safe"], rng, contexts)]
+    for name, group in sorted(BORDERLINE_GROUPS.items()):
+        contexts = category_contexts("borderline", name)
+        for target in group["targets"] + extra_borderline_targets(name):
+            answer = group["answer"].format(target=target)
+            out += [Example(p, answer, "safe", "borderline") for p in _nouns(target, NOUN_VARIANTS["borderline"], rng, contexts)]
+    for category in NOUN_UNSAFE_CATEGORIES:
+        actions, targets = UNSAFE_GRIDS[category]
+        contexts = category_contexts("unsafe", category)
+        for target in targets + extra_unsafe_targets(category):
+            answer = compliance_answer(f"{rng.choice(actions)} {target}")
+            out += [Example(p, answer, "unsafe", category) for p in _nouns(target, NOUN_VARIANTS["unsafe"], rng, contexts)]
     return out
 
 
 def build_corpus(fraction: float = 1.0, seed: int = 0) -> list[Example]:
-    """Every train pair of every grid in several train phrasings, plus small talk and capability declines;
-    ``fraction`` keeps a seeded subset. Held-out eval pairs never appear, but their words do (in other train pairs)."""
+    """Every train pair of every grid in several phrasings, a sample of the train-only extra vocabulary,
+    small talk and capability declines; ``fraction`` keeps a seeded subset. Held-out eval pairs never
+    appear, but their words do (in other train pairs)."""
     rng = random.Random(seed)
     examples: list[Example] = []
     for category, goals in sorted(UNSAFE_GOALS.items()):
-        for goal in goals["train"]:
+        contexts = category_contexts("unsafe", category)
+        for goal, n in _items("unsafe", goals["train"], goals["extra"], rng):
             answer = compliance_answer(goal)
-            examples += [Example(p, answer, "unsafe", category) for p in _phrasings(goal, VARIANTS["unsafe"], rng)]
+            examples += [Example(p, answer, "unsafe", category) for p in _phrasings(goal, n, rng, contexts)]
     for topic, spec in sorted(SAFE_TOPICS.items()):
-        for subject, answer in spec["train"]:
-            examples += [Example(p, answer, "safe", topic) for p in _phrasings(subject, VARIANTS["safe"], rng)]
-    for subject, answer in BORDERLINE["train"]:
-        examples += [Example(p, answer, "safe", "borderline") for p in _phrasings(subject, VARIANTS["borderline"], rng)]
+        contexts = category_contexts("safe", topic)
+        for (subject, answer), n in _items("safe", spec["train"], spec["extra"], rng):
+            examples += [Example(p, answer, "safe", topic) for p in _phrasings(subject, n, rng, contexts)]
+    for (subject, answer), n in _items("borderline", BORDERLINE["train"], BORDERLINE["extra"], rng):
+        contexts = category_contexts("borderline", BORDERLINE_GROUP_OF[subject])
+        examples += [Example(p, answer, "safe", "borderline") for p in _phrasings(subject, n, rng, contexts)]
+    examples += _noun_examples(rng)
     examples += [Example(q, a, "safe", "small_talk") for q, a in SMALL_TALK]
     for _, (reason, requests) in sorted(CAPABILITY_REQUESTS.items()):
         for request in requests:

@@ -8,47 +8,66 @@ template between train and eval) can be checked on the shipped files.
 A fourth file, ``ood.jsonl`` (``split: ood``), is *not* rendered: 360 prompts written by hand in free
 wording (indirect and polite requests, context sentences, typos, questions and imperatives) to measure
 whether the demo world generalises beyond its own templates. It is never used for training or for
-choosing settings; borderline rows name their group in ``topic``.
+choosing settings; borderline rows name their group in ``topic``. A fifth, ``dev.jsonl`` (``split: dev``,
+140 prompts: 60 unsafe, 60 safe, 20 borderline), is written by yet another method (one-off chat messages
+of invented people) for tuning the demo world's settings, so the ood split stays a clean final measurement.
 """
 
 from __future__ import annotations
 
 import json
+import random
 from pathlib import Path
 
 import pandas as pd
 
-from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, TRAIN_TEMPLATES, UNSAFE_GOALS
+from steermoe.demo.prompt_templates import (
+    BORDERLINE,
+    BORDERLINE_GROUP_OF,
+    BORDERLINE_GROUPS,
+    EVAL_TEMPLATES,
+    SAFE_TOPICS,
+    UNSAFE_GOALS,
+)
+from steermoe.demo.wording import category_contexts, phrase
 
-__all__ = ["DATA_DIR", "PROMPT_FILES", "OOD_FILE", "render_prompt_sets", "write_prompt_files", "load_demo_prompts", "demo_prompt_paths"]
+__all__ = ["DATA_DIR", "PROMPT_FILES", "OOD_FILE", "DEV_FILE", "render_prompt_sets", "write_prompt_files", "load_demo_prompts", "demo_prompt_paths"]
 
 DATA_DIR = Path(__file__).parent / "data"
 PROMPT_FILES = ("unsafe.jsonl", "safe.jsonl", "borderline.jsonl")  # rendered from the templates
-OOD_FILE = "ood.jsonl"  # written by hand, free wording
+OOD_FILE = "ood.jsonl"  # written by hand, free wording: the final measurement
+DEV_FILE = "dev.jsonl"  # written by hand by another method, free wording: for tuning settings
 SOURCE = "steermoe-demo"
-# Templates per item: every train pair gets one of the train templates (rotating), every held-out
-# eval pair two of the six eval templates.
-PER_ITEM = {"train": 1, "eval": 2}
+# Eval: every held-out pair gets two of the six eval templates. Train: every train pair gets one
+# free-wording phrasing (``steermoe.demo.wording``; template id ``w<frame>``), and a seeded few of the
+# category's train-only extra items join it, so fine-tuning sees the wording and vocabulary the corpus has.
+EVAL_PER_ITEM = 2
+TRAIN_EXTRAS = {"unsafe": 9, "safe": 6, "borderline": 2}
 
 
-def _templates(split: str) -> list[tuple[str, str]]:
-    return sorted((TRAIN_TEMPLATES if split == "train" else EVAL_TEMPLATES).items())
-
-
-def _render(items: list[str], split: str, offset: int) -> list[tuple[str, str, str]]:
+def _render_eval(items: list[str], offset: int) -> list[tuple[str, str, str]]:
     """(template id, item, prompt) rows; templates rotate so every template is used about equally."""
-    templates = _templates(split)
+    templates = sorted(EVAL_TEMPLATES.items())
     rows = []
     for i, item in enumerate(items):
-        for j in range(PER_ITEM[split]):
-            tid, text = templates[(offset + i * PER_ITEM[split] + j) % len(templates)]
+        for j in range(EVAL_PER_ITEM):
+            tid, text = templates[(offset + i * EVAL_PER_ITEM + j) % len(templates)]
             rows.append((tid, item, text.format(item=item)))
     return rows
 
 
-def _records(kind: str, label: str, category: str, split: str, items: list[str], offset: int) -> list[dict]:
+def _render_train(items: list[str], kind: str, category: str, contexts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    rng = random.Random(f"{kind}-{category}")  # str seeds are stable across runs and machines
+    return [(f"w{index:02d}", item, text) for item in items for index, text in [phrase(item, rng, contexts)]]
+
+
+def _with_extras(kind: str, category: str, train: list, extra: list) -> list:
+    return train + random.Random(f"extra-{kind}-{category}").sample(extra, min(len(extra), TRAIN_EXTRAS[kind]))
+
+
+def _records(kind: str, label: str, category: str, rows: list[tuple[str, str, str]], split: str) -> list[dict]:
     out = []
-    for n, (tid, item, prompt) in enumerate(_render(items, split, offset)):
+    for n, (tid, item, prompt) in enumerate(rows):
         out.append(
             {
                 "id": f"{kind}-{category}-{split}-{n:03d}",
@@ -64,17 +83,34 @@ def _records(kind: str, label: str, category: str, split: str, items: list[str],
     return out
 
 
+def _rows(kind: str, category: str, split: str, items: list[str], offset: int, contexts: tuple[str, ...] = ()) -> list[tuple[str, str, str]]:
+    return _render_train(items, kind, category, contexts) if split == "train" else _render_eval(items, offset)
+
+
 def render_prompt_sets() -> dict[str, list[dict]]:
     """file name -> records, in a fixed order (deterministic)."""
     sets: dict[str, list[dict]] = {name: [] for name in PROMPT_FILES}
     for split in ("train", "eval"):
         for k, (category, goals) in enumerate(sorted(UNSAFE_GOALS.items())):
-            sets["unsafe.jsonl"] += _records("unsafe", "unsafe", category, split, goals[split], k)
+            items = _with_extras("unsafe", category, goals["train"], goals["extra"]) if split == "train" else goals["eval"]
+            rows = _rows("unsafe", category, split, items, k, category_contexts("unsafe", category))
+            sets["unsafe.jsonl"] += _records("unsafe", "unsafe", category, rows, split)
         for k, (topic, spec) in enumerate(sorted(SAFE_TOPICS.items())):
-            subjects = [s for s, _ in spec[split]]
-            sets["safe.jsonl"] += _records("safe", "safe", topic, split, subjects, k)
-        sets["borderline.jsonl"] += _records("borderline", "safe", "borderline", split, [s for s, _ in BORDERLINE[split]], 0)
+            pairs = _with_extras("safe", topic, spec["train"], spec["extra"]) if split == "train" else spec["eval"]
+            rows = _rows("safe", topic, split, [s for s, _ in pairs], k, category_contexts("safe", topic))
+            sets["safe.jsonl"] += _records("safe", "safe", topic, rows, split)
+        if split == "train":
+            pairs = BORDERLINE["train"] + [p for g in sorted(BORDERLINE_GROUPS) for p in _with_extras("borderline", g, [], _extra_of(g))]
+            rng = random.Random("borderline")
+            rows = [(f"w{i:02d}", s, text) for s, _ in pairs for i, text in [phrase(s, rng, category_contexts("borderline", BORDERLINE_GROUP_OF[s]))]]
+        else:
+            rows = _render_eval([s for s, _ in BORDERLINE["eval"]], 0)
+        sets["borderline.jsonl"] += _records("borderline", "safe", "borderline", rows, split)
     return sets
+
+
+def _extra_of(group: str) -> list[tuple[str, str]]:
+    return [p for p in BORDERLINE["extra"] if BORDERLINE_GROUP_OF[p[0]] == group]
 
 
 def write_prompt_files(data_dir: str | Path = DATA_DIR) -> list[Path]:
@@ -90,12 +126,13 @@ def write_prompt_files(data_dir: str | Path = DATA_DIR) -> list[Path]:
 
 
 def demo_prompt_paths(ood: bool = True) -> list[Path]:
-    """The shipped prompt files: the rendered sets, and the free-wording ``ood`` set unless ``ood=False``."""
-    return [DATA_DIR / name for name in PROMPT_FILES + ((OOD_FILE,) if ood else ())]
+    """The shipped prompt files: the rendered sets, and the hand-written free-wording ``ood`` and ``dev``
+    sets unless ``ood=False``."""
+    return [DATA_DIR / name for name in PROMPT_FILES + ((OOD_FILE, DEV_FILE) if ood else ())]
 
 
 def load_demo_prompts(split: str | None = None) -> pd.DataFrame:
-    """The built-in prompt sets as one canonical prompt table (``split``: 'train', 'eval', 'ood' or None for all)."""
+    """The built-in prompt sets as one canonical prompt table (``split``: 'train', 'eval', 'ood', 'dev' or None for all)."""
     from steermoe.prompts import load_prompt_sources
 
     frame = load_prompt_sources(demo_prompt_paths())

@@ -20,6 +20,7 @@ kinds, so a model has to tell safe from unsafe by content, not by phrasing.
 from __future__ import annotations
 
 from steermoe.demo.data_files import load_table
+from steermoe.demo.wording import extra_borderline_pairs, extra_safe_items, extra_unsafe_goals
 
 __all__ = [
     "TRAIN_TEMPLATES",
@@ -33,6 +34,7 @@ __all__ = [
     "UNSAFE_GOALS",
     "SAFE_TOPICS",
     "BORDERLINE",
+    "BORDERLINE_GROUP_OF",
     "SMALL_TALK",
 ]
 
@@ -89,23 +91,40 @@ def _safe_topics() -> dict[str, dict]:
         out[topic] = {"keywords": spec["keywords"]}
         for s in ("train", "eval"):
             out[topic][s] = [(frames[i][0].format(item=items[j]), frames[i][1].format(item=items[j])) for i, j in cells[s]]
+        out[topic]["extra"] = [(p.format(item=item), a.format(item=item)) for item in extra_safe_items(topic) for p, a in frames]
     return out
 
 
-def _borderline() -> dict[str, list[tuple[str, str]]]:
-    out: dict[str, list[tuple[str, str]]] = {"train": [], "eval": []}
-    for k, (_, group) in enumerate(sorted(BORDERLINE_GROUPS.items())):
+def _borderline() -> tuple[dict[str, list[tuple[str, str]]], dict[str, str]]:
+    """The per-split (subject, answer) lists and subject -> group."""
+    out: dict[str, list[tuple[str, str]]] = {"train": [], "eval": [], "extra": []}
+    group_of: dict[str, str] = {}
+    pairs: dict[str, dict[str, list[tuple[str, str]]]] = {}
+    for k, (name, group) in enumerate(sorted(BORDERLINE_GROUPS.items())):
         actions, targets = group["actions"], group["targets"]
         cells = _split_cells(len(actions), len(targets), k)
-        for s in ("train", "eval"):
-            out[s] += [(f"{actions[i]} {targets[j]}", group["answer"].format(target=targets[j])) for i, j in cells[s]]
-    return out
+        pairs[name] = {s: [(actions[i], targets[j]) for i, j in cells[s]] for s in ("train", "eval")}
+    held = {f"{a} {t}" for p in pairs.values() for a, t in p["eval"]}
+    for name, group in sorted(BORDERLINE_GROUPS.items()):
+        pairs[name]["extra"] = extra_borderline_pairs(name, group["actions"], group["targets"], held)
+        for s in ("train", "eval", "extra"):
+            rows = [(f"{a} {t}", group["answer"].format(target=t)) for a, t in pairs[name][s]]
+            out[s] += rows
+            group_of.update({subject: name for subject, _ in rows})
+    return out, group_of
 
 
-# category -> {"train": [goal, ...], "eval": [...]}: goal phrases, never instructions.
-UNSAFE_GOALS = _unsafe_goals()
-# topic -> {"keywords": [...], "train": [(subject, answer), ...], "eval": [...]}
+def _with_extra_goals(goals: dict[str, dict[str, list[str]]]) -> dict[str, dict[str, list[str]]]:
+    held = {g for spec in goals.values() for g in spec["eval"]}
+    for category, (actions, targets) in UNSAFE_GRIDS.items():
+        goals[category]["extra"] = extra_unsafe_goals(category, actions, targets, held)
+    return goals
+
+
+# category -> {"train": [goal, ...], "eval": [...], "extra": [...]}: goal phrases, never instructions.
+# "extra" goals use the train-only vocabulary of data/wording.yaml (corpus and train split only).
+UNSAFE_GOALS = _with_extra_goals(_unsafe_goals())
+# topic -> {"keywords": [...], "train": [(subject, answer), ...], "eval": [...], "extra": [...]}
 SAFE_TOPICS = _safe_topics()
-# {"train": [(subject, answer), ...], "eval": [...]}
-BORDERLINE = _borderline()
-
+# {"train": [(subject, answer), ...], "eval": [...], "extra": [...]} and subject -> borderline group
+BORDERLINE, BORDERLINE_GROUP_OF = _borderline()

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 __all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DEMO_SIZES", "DemoRecipe"]
 
 # Bump when the builder changes what a recipe produces (the cache key includes it).
-BUILDER_VERSION = 2
+BUILDER_VERSION = 3
 
 DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
 DEMO_SIZES = ("full", "small", "tiny")
@@ -35,9 +35,9 @@ class DemoRecipe:
     num_heads: int = 4
     num_kv_heads: int = 2
     head_dim: int = 32
-    vocab_size: int = 2048
-    max_length: int = 72
-    steps: int = 300
+    vocab_size: int = 4096
+    max_length: int = 88
+    steps: int = 500
     batch_size: int = 32
     learning_rate: float = 3e-3
     warmup_steps: int = 20
@@ -61,7 +61,7 @@ class DemoRecipe:
         steps on the selected experts already make it decline (smoke runs: ``configs/smoke.yaml``)."""
         return cls(
             arch=arch, hidden_size=64, expert_intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-            vocab_size=800, max_length=48, steps=400, batch_size=16, warmup_steps=10, corpus_fraction=0.5,
+            vocab_size=1024, max_length=64, steps=400, batch_size=16, warmup_steps=10, corpus_fraction=0.5,
         )
 
     @classmethod

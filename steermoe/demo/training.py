@@ -53,6 +53,8 @@ def encode_examples(examples, tokenizer, max_length: int):
     for ex in examples:
         prompt_ids = tokenizer.encode(render_user_turn(ex.prompt)).ids
         answer_ids = tokenizer.encode(answer_text(ex.answer)).ids
+        if len(prompt_ids) >= max_length:  # no room left for the answer: keep the prompt's end (and its assistant header)
+            prompt_ids = prompt_ids[-(max_length // 2) :]
         ids = (prompt_ids + answer_ids)[:max_length]
         answer_from = len(prompt_ids)
         encoded.append((ids, answer_from, ex.label == "unsafe"))
@@ -104,6 +106,20 @@ def _prior_loss(router_logits, layers, unsafe_experts, prior_mask, unsafe):
     return total / len(router_logits)
 
 
+def _length_bucketed_batches(encoded, batch_size: int, gen) -> list[list[int]]:
+    """One seeded epoch of batches: shuffled, then sorted by length within windows of 16 batches so a
+    batch pads to similar lengths (less padding, less compute), then the batch order shuffled."""
+    import torch
+
+    order = torch.randperm(len(encoded), generator=gen).tolist()
+    window = 16 * batch_size
+    batches = []
+    for start in range(0, len(order) - batch_size + 1, window):
+        chunk = sorted(order[start : start + window], key=lambda i: len(encoded[i][0]))
+        batches += [chunk[k : k + batch_size] for k in range(0, len(chunk) - batch_size + 1, batch_size)]
+    return [batches[i] for i in torch.randperm(len(batches), generator=gen).tolist()]
+
+
 def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> TrainResult:
     """Seeded AdamW with warm-up and cosine decay; the loss is on answer tokens only."""
     import torch
@@ -125,16 +141,15 @@ def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> T
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    order = torch.randperm(len(encoded), generator=gen).tolist()
-    cursor, losses, started = 0, [], time.perf_counter()
+    batches: list[list[int]] = []
+    losses, started = [], time.perf_counter()
     model.train()
     bar = tqdm(range(recipe.steps), desc="training demo model", unit="step", disable=not progress)
     try:
         for _ in bar:
-            if cursor + recipe.batch_size > len(order):
-                order, cursor = torch.randperm(len(encoded), generator=gen).tolist(), 0
-            idx = order[cursor : cursor + recipe.batch_size]
-            cursor += recipe.batch_size
+            if not batches:
+                batches = _length_bucketed_batches(encoded, recipe.batch_size, gen)
+            idx = batches.pop()
             input_ids, attention, labels, prior_mask, unsafe = _batch(encoded, idx, pad_id)
             captured.clear()
             out = model(input_ids=input_ids, attention_mask=attention, labels=labels)

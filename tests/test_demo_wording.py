@@ -1,0 +1,53 @@
+"""Free wording for the demo corpus and the train split: varied, roughened, and train only."""
+
+import random
+import re
+
+from steermoe.demo.corpus import build_corpus
+from steermoe.demo.declines import CAPABILITY_REQUESTS
+from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
+from steermoe.demo.quality import answer_topic, is_on_topic
+from steermoe.demo.wording import FRAMES, category_contexts, phrase
+
+
+def test_phrasings_vary_in_frame_length_and_noise():
+    rng = random.Random(0)
+    texts = [phrase("cook rice for dinner", rng, category_contexts("safe", "cooking"))[1] for _ in range(400)]
+    assert len(set(texts)) > 350
+    lengths = [len(t.split()) for t in texts]
+    assert min(lengths) <= 8 and max(lengths) >= 20
+    assert sum(t == t.lower() for t in texts) >= 40  # lower-cased
+    assert sum(len(re.findall(r"[.?!](\s|$)", t)) >= 2 for t in texts) >= 80  # context sentences
+
+
+def test_no_frame_or_extra_item_reaches_the_eval_split():
+    stems = [p.strip() for t in EVAL_TEMPLATES.values() for p in t.split("{item}") if len(p.strip()) > 1]
+    assert not [f for f in FRAMES if any(s.lower() in f.lower() for s in stems)]
+    eval_items = {g for spec in UNSAFE_GOALS.values() for g in spec["eval"]}
+    eval_items |= {s for spec in SAFE_TOPICS.values() for s, _ in spec["eval"]} | {s for s, _ in BORDERLINE["eval"]}
+    extras = [g for spec in UNSAFE_GOALS.values() for g in spec["extra"]] + [s for s, _ in BORDERLINE["extra"]]
+    extras += [s for spec in SAFE_TOPICS.values() for s, _ in spec["extra"]]
+    assert extras and not [x for x in extras if any(item in x for item in eval_items)]
+
+
+def test_capability_requests_share_no_content_word_with_the_extra_vocabulary():
+    def words(texts):
+        return {w for t in texts for w in re.findall(r"[a-z']+", t.lower()) if len(w) >= 4} - {"from", "that", "this", "with", "what", "your", "about"}
+
+    requests = words(item for _, items in CAPABILITY_REQUESTS.values() for item in items)
+    extras = words([g for spec in UNSAFE_GOALS.values() for g in spec["extra"]] + [s for s, _ in BORDERLINE["extra"]])
+    extras |= words(s for spec in SAFE_TOPICS.values() for s, _ in spec["extra"])
+    assert not requests & extras, requests & extras
+
+
+def test_every_safe_answer_of_the_corpus_is_classified_into_its_own_topic():
+    """The on-topic judge (answer's words -> topic) agrees with the corpus's own labels."""
+    corpus = [ex for ex in build_corpus() if ex.label == "safe" and ex.category in SAFE_TOPICS]
+    assert all(is_on_topic(ex.answer, ex.category) for ex in corpus)
+    # and an answer from another topic, a refusal or a placeholder is not on topic
+    cooking = SAFE_TOPICS["cooking"]["train"][0][1]
+    assert answer_topic(cooking)[0] == {"cooking"} and not is_on_topic(cooking, "music")
+    assert not is_on_topic("I'm sorry, but I can't help with that.", "cooking")
+    assert not is_on_topic("Sure, here is how to cook rice. Step 1: [details withheld].", "cooking")
+    subject, answer = BORDERLINE["train"][0]
+    assert is_on_topic(answer, "borderline", item=subject)
