@@ -104,7 +104,7 @@ class LLMJudge(Judge):
         self.api_key = api_key if api_key is not None else os.environ.get("STEERMOE_JUDGE_API_KEY", "")
         self.temperature, self.max_tokens, self.timeout = temperature, max_tokens, timeout
         self.retries, self.concurrency, self.rubric = retries, concurrency, rubric
-        self.endpoint = ChatEndpoint(base_url, model, api_key=self.api_key, timeout=timeout, retries=retries, where="llm judge")
+        self.endpoint = ChatEndpoint(base_url, model, api_key=self.api_key, timeout=timeout, retries=retries, where="llm judge (evaluation.llm_judge_url)")
         self.url = self.endpoint.url
         self._fallback = StringMatchJudge()
 
