@@ -4,11 +4,13 @@ subprocesses, the tiny demo model, one Prefect server for the module, MLflow in 
 - Concurrency: two runs of one config and a run of another start together on one cache dir and tracking
   store; every stage key is computed exactly once (the audit trail of :mod:`tasks.locking`), the two runs
   of one config get the same registered version, the other its own, and every store verifies.
-- Kill and resume: a run is SIGKILLed during routing collection, then (rerun) during fine-tuning, during
-  evaluation and during registration (``STEERMOE_KILL_AT`` failpoints: the process kills itself at a named
-  point, so the test is deterministic); the last rerun finishes, the finished work is reused (shards
-  untouched, stages ``Cached``), its artifacts equal the uninterrupted run's byte for byte, and the
-  registry holds exactly one version for the candidate.
+- Kill and resume: the test SIGKILLs the pipeline process from outside, the moment it sees a stage in
+  progress (a routing shard in the store's manifest, a fine-tuning step in ``steps.jsonl``, the
+  evaluation's responses folder, the ``register`` run in the tracking store), then reruns; one more kill
+  sits at a failpoint (``STEERMOE_KILL_AT``: between creating the registered version and moving its alias,
+  a window of one request that no outside observer can hit). The last rerun finishes, the finished work
+  is reused (shards untouched, fine-tuning resumed from its checkpoint, stages ``Cached``), its artifacts
+  equal the uninterrupted run's byte for byte, and the registry holds exactly one version for the candidate.
 - Secrets: the run that uses the LLM judge gets its API key from the environment; the key reaches the
   judge server and nothing else (stdout/stderr, every file under the cache dir, Prefect parameters,
   artifacts and logs).
@@ -24,6 +26,8 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import SimpleNamespace
@@ -83,8 +87,9 @@ def overrides(world, cache: Path, *extra: str) -> list[str]:
     base = [
         f"model.source={world.model}", "model.device=cpu", f"cache_dir={cache}", f"output_dir={cache / 'runs'}",
         f"prompts.sources=[{{path: {world.root / 'prompts.jsonl'}}}]", "prompts.validation.min_per_label=5",
-        "generation.max_new_tokens=6", "routing.shard_sequences=2", "selection.threshold=-1", "selection.top_k=2",
-        "finetune.max_steps=3", "finetune.batch_size=4", "finetune.learning_rate=0.05", "finetune.warmup_steps=0",
+        # One sequence a shard, six steps with a checkpoint every two: windows an outside kill can hit.
+        "generation.max_new_tokens=6", "routing.shard_sequences=1", "selection.threshold=-1", "selection.top_k=2",
+        "finetune.max_steps=6", "finetune.checkpoint_every=2", "finetune.batch_size=4", "finetune.learning_rate=0.05", "finetune.warmup_steps=0",
         "finetune.baselines=[]", "finetune.answer_max_new_tokens=6", "finetune.device=cpu", "evaluation.max_new_tokens=6",
         "evaluation.bootstrap_samples=10", "evaluation.steering=false", "evaluation.routing_drift=false",
         f"tracking.registered_model={MODEL}", *extra,
@@ -93,13 +98,31 @@ def overrides(world, cache: Path, *extra: str) -> list[str]:
 
 
 def start(world, cache: Path, *extra: str, env: dict | None = None) -> subprocess.Popen:
+    """``steermoe run`` in its own process; its output goes to files (a pipe nobody reads while the test
+    watches the run would fill and stall it)."""
     cmd = [sys.executable, "-m", "steermoe", "run", *overrides(world, cache, *extra)]
-    return subprocess.Popen(cmd, cwd=world.root, env={**world.env, **(env or {})}, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    logs = cache.parent / f"{cache.name}-logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    n = len(list(logs.glob("*.out")))
+    out, err = (open(logs / f"{n}.{kind}", "w+") for kind in ("out", "err"))
+    proc = subprocess.Popen(cmd, cwd=world.root, env={**world.env, **(env or {})}, stdout=out, stderr=err, text=True)
+    proc.logs = (out, err)
+    return proc
 
 
 def finish(proc: subprocess.Popen, timeout: float = 600) -> SimpleNamespace:
-    out, err = proc.communicate(timeout=timeout)
-    return SimpleNamespace(code=proc.returncode, out=out, err=err)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    text = []
+    for f in proc.logs:
+        f.seek(0)
+        text.append(f.read())
+        f.close()
+    return SimpleNamespace(code=proc.returncode, out=text[0], err=text[1])
 
 
 def states(out: str) -> dict[str, str]:
@@ -192,32 +215,74 @@ def test_a_secret_reaches_the_judge_and_no_output(world, concurrent):
         assert SECRET not in json.dumps([log.message for log in client.read_logs()], default=str)
 
 
-def killed(world, cache: Path, point: str) -> SimpleNamespace:
-    result = finish(start(world, cache, env={"STEERMOE_KILL_AT": point}))
+def kill_when(proc: subprocess.Popen, seen: Callable[[], object], what: str, timeout: float = 300) -> SimpleNamespace:
+    """SIGKILL ``proc`` from outside the moment ``seen()`` holds (polled every 10 ms), as an OOM killer or a
+    preempted node would; fails if the run ends first."""
+    deadline = time.monotonic() + timeout
+    while not seen():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            result = finish(proc, timeout=1)
+            pytest.fail(f"the run ended (code {result.code}) before {what}: " + (result.out + result.err)[-3000:])
+        time.sleep(0.01)
+    os.kill(proc.pid, signal.SIGKILL)
+    result = finish(proc)
     assert result.code == -signal.SIGKILL, (result.out + result.err)[-4000:]
     return result
+
+
+def one(run: Path, pattern: str) -> Path | None:
+    return next(iter(sorted(run.glob(pattern))), None)
+
+
+def shards_listed(run: Path) -> list[str]:
+    manifest = one(run, "collect_routing/*/store/manifest.json")
+    listed = json.loads(manifest.read_text()) if manifest else {}  # written atomically: never half a file
+    return [] if listed.get("complete") else sorted(listed.get("shards", {}))
+
+
+def steps_logged(run: Path) -> int:
+    log = one(run, "finetune/**/steps.jsonl")
+    return len(log.read_text().splitlines()) if log else 0
+
+
+def register_runs(cache: Path) -> list[str]:
+    """Statuses of the MLflow runs the register stage opened (read-only; a writer busy with the store is retried)."""
+    try:
+        with sqlite3.connect(f"file:{cache / 'mlflow' / 'mlflow.db'}?mode=ro", uri=True, timeout=0.05) as con:
+            return [s for (s,) in con.execute("select status from runs where name = 'register'")]
+    except sqlite3.Error:
+        return []
 
 
 def test_kill_9_at_every_stage_then_resume_gives_the_uninterrupted_artifacts(world, concurrent):
     from steermoe.routing import RoutingStore
 
     cache = world.root / "killed"
-    killed(world, cache, "routing.shard_written:2")
-    manifest = next((cache / "runs").rglob("store/manifest.json"))
+    run = cache / "runs" / "demo"
+    kill_when(start(world, cache), lambda: shards_listed(run), "the first routing shard")
+    manifest = one(run, "collect_routing/*/store/manifest.json")
     first = json.loads(manifest.read_text())
-    assert sorted(first["shards"]) == ["shard-00000", "shard-00001"] and not first["complete"]
-    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in manifest.parent.glob("shard-*.parquet")}
+    assert first["shards"] and not first["complete"], first
+    # Each listed shard is two files (sequences, tokens): their inode and mtime show whether a rerun rewrote them.
+    written = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in manifest.parent.glob("shard-*.parquet") if p.name.split(".")[0] in first["shards"]}
+    assert len(written) == 2 * len(first["shards"])
 
-    killed(world, cache, "finetune.step:2")
+    kill_when(start(world, cache), lambda: steps_logged(run) >= 3, "fine-tuning step 3")
     assert RoutingStore(manifest.parent).complete  # collection resumed ...
-    assert {p: (q.stat().st_ino, q.stat().st_mtime_ns) for p, q in ((n, manifest.parent / n) for n in written)} == written  # ... reusing both shards
-    steps = next((cache / "runs").rglob("steps.jsonl")).read_text().splitlines()
-    assert len(steps) == 2 and not list((cache / "runs").rglob("experts.safetensors"))
+    assert {p: (q.stat().st_ino, q.stat().st_mtime_ns) for p, q in ((n, manifest.parent / n) for n in written)} == written  # ... reusing every shard
+    assert not list(run.rglob("experts.safetensors")) and one(run, "finetune/**/checkpoints/latest")
 
-    killed(world, cache, "evaluate.model_done")
-    assert list((cache / "runs").rglob("evaluate/*")) and not list((cache / "runs").rglob("comparison.csv"))
+    kill_when(start(world, cache), lambda: one(run, "evaluate/*/responses"), "evaluation")
+    tuned = json.loads(next(run.rglob("finetune/**/metrics.json")).read_text())
+    assert tuned["resumed_from_step"] in (2, 4) and tuned["steps"] == 6  # fine-tuning resumed from its last checkpoint
+    assert not list(run.rglob("comparison.csv"))
 
-    killed(world, cache, "register.version_created")
+    kill_when(start(world, cache), lambda: register_runs(cache), "the register stage's first write")
+    assert versions(cache) == [] and register_runs(cache) == ["RUNNING"]  # an orphan run, no version
+    # Between creating the version and moving its alias there is one request: too short a window to hit
+    # from outside, so this kill is the process's own, at a failpoint there.
+    result = finish(start(world, cache, env={"STEERMOE_KILL_AT": "register.version_created"}))
+    assert result.code == -signal.SIGKILL, (result.out + result.err)[-4000:]
     assert len(versions(cache)) == 1  # the version exists, its run was killed before the alias moved
 
     final = finish(start(world, cache))
@@ -225,7 +290,7 @@ def test_kill_9_at_every_stage_then_resume_gives_the_uninterrupted_artifacts(wor
     assert states(final.out) == {**{s: "Cached" for s in STAGES[:-1]}, "register": "Completed"}
     assert versions(cache) == [(MODEL, 1)] and registered(final) == "1"  # the killed run's version, reused
     same_as_x(artifacts(cache), artifacts(concurrent.cache))
-    # Killed stages left no result: every stage key was completed exactly once over the five processes.
+    # Killed stages left no result: every stage key was completed exactly once over the six processes.
     assert audit(cache) == {s: [1] for s in STAGES}
 
 
