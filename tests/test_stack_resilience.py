@@ -193,7 +193,7 @@ def test_two_configs_and_one_config_twice_at_once_share_the_work_and_keep_their_
 def test_bad_deployment_parameters_fail_the_flow_run_with_one_line_and_leave_nothing_behind(stack, submitted):
     import re
 
-    for run_id, (deployment, params, expect, cache) in submitted.bad.items():
+    for run_id, (deployment, _, expect, cache) in submitted.bad.items():
         run = submitted.runs[run_id]
         where = f"{deployment} ({expect})"
         assert run["state"]["type"] == "FAILED", (where, run["state"])
