@@ -10,8 +10,10 @@ stack's worker.
 - Bad parameters: each deployment given a broken parameter fails its flow run with one actionable line
   in the state message and the logs (no traceback); nothing is registered in MLflow and nothing
   half-written is left in the run's cache. A mistyped parameter is refused by the API, naming the key.
+  A run whose evaluation fails half-way (its judge unreachable) leaves no record a later run would reuse.
 
-The smoke config on the tiny demo model (a few seconds a run of CPU) keeps the module near two minutes.
+All ten flow runs are submitted together (the worker runs them side by side); the smoke config on the
+tiny demo model keeps the module at two to three and a half minutes on two loaded cores.
 """
 
 from __future__ import annotations
