@@ -73,8 +73,8 @@ def padded_prompt_set(
 ) -> pd.DataFrame:
     """``train`` + ``eval`` rows whose chat-rendered prompt is exactly ``tokens`` tokens for ``tokenizer``.
 
-    Each split cycles over the demo prompts of that split (safe and unsafe interleaved, so any prefix is balanced),
-    giving each repeat other context sentences; ids are ``<demo id>~<repeat>``.
+    Each split cycles over the demo prompts of that split that fit the budget (safe and unsafe interleaved, so any
+    prefix is balanced), giving each repeat other context sentences; ids are ``<demo id>~<repeat>``.
     """
     import random
 
@@ -87,7 +87,14 @@ def padded_prompt_set(
     rows = []
     for split, count in (("train", train), ("eval", eval)):
         part = demo[demo["split"] == split]
-        by_label = [part[part["label"] == lab].to_dict("records") for lab in ("unsafe", "safe")]
+        # Free-wording requests can be longer than a short budget: keep those that fit on their own, so a
+        # short --tokens still gives a balanced set instead of failing on the longest request.
+        by_label = [
+            [r for r in part[part["label"] == lab].to_dict("records") if _rendered_length(tokenizer, r["prompt"], chat_template_kwargs) < tokens]
+            for lab in ("unsafe", "safe")
+        ]
+        if count and not all(by_label):
+            raise InputError(f"prompts pad: no {split} request of both labels fits in {tokens} tokens; raise --tokens")
         order = [r for pair in zip(*by_label) for r in pair] + by_label[0][len(by_label[1]) :] + by_label[1][len(by_label[0]) :]
         for i in range(count):
             row = order[i % len(order)]

@@ -151,7 +151,7 @@ def test_padded_prompts_are_exactly_the_asked_length(folders):
     assert set(frame["label"]) == {"safe", "unsafe"}
     lengths = {len(tok(render_chat(tok, [{"role": "user", "content": p}], {}), add_special_tokens=False)["input_ids"]) for p in frame["prompt"]}
     assert lengths == {40}
-    with pytest.raises(InputError, match="does not fit"):
+    with pytest.raises(InputError, match="fits in 10 tokens"):
         padded_prompt_set(tok, tokens=10, train=2, eval=0)
 
 
