@@ -15,6 +15,5 @@ def load_table(name: str) -> dict:
     """``data/<name>.yaml`` parsed (cached; callers must not mutate it)."""
     import yaml
 
-    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
     with open(DATA_DIR / f"{name}.yaml", encoding="utf-8") as f:
-        return yaml.load(f, Loader=loader)
+        return yaml.safe_load(f)
