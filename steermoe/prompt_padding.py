@@ -86,6 +86,8 @@ def padded_prompt_set(
     rng = random.Random(seed)
     rows = []
     for split, count in (("train", train), ("eval", eval)):
+        if not count:
+            continue
         part = demo[demo["split"] == split]
         # Free-wording requests can be longer than a short budget: keep those that fit on their own, so a
         # short --tokens still gives a balanced set instead of failing on the longest request.
@@ -93,7 +95,7 @@ def padded_prompt_set(
             [r for r in part[part["label"] == lab].to_dict("records") if _rendered_length(tokenizer, r["prompt"], chat_template_kwargs) < tokens]
             for lab in ("unsafe", "safe")
         ]
-        if count and not all(by_label):
+        if not all(by_label):
             raise InputError(f"prompts pad: no {split} request of both labels fits in {tokens} tokens; raise --tokens")
         order = [r for pair in zip(*by_label) for r in pair] + by_label[0][len(by_label[1]) :] + by_label[1][len(by_label[0]) :]
         for i in range(count):
