@@ -37,7 +37,8 @@ test: $(RAY_STAMP) $(VLLM_STAMP)
 	# The Prefect UI browser test drives Chromium with playwright-core (no browser download); it skips without them.
 	if command -v npm >/dev/null; then (cd tests/ui && npm ci --silent --no-audit --no-fund); fi
 	$(VENV)/bin/ruff check .
-	$(VENV)/bin/pytest -q
+	# The 25 slowest tests end the log: where CI time goes, run after run.
+	$(VENV)/bin/pytest -q --durations=25
 
 bench: $(STAMP)
 	OMP_NUM_THREADS=1 $(PY) -m benchmarks.analysis_bench --seed-tokens 1000
