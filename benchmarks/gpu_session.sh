@@ -12,6 +12,9 @@
 # A folder a call does not carry is gone from the device, so the calls that carry no .gpu-run (vx, vx6, vx7, wait1)
 # run the copy run1 made: bash /tmp/gs/code/benchmarks/gpu_session.sh vx 1. Carry .gpu-raya with run2 and .gpu-rayb
 # with tput to get Ray there (2 x ~38 MiB), .gpu-demo with patched.
+# The vLLM + Ray session (2026-12-02, code landed, so the repository itself travels): vx 1 .. vx 5, vx6, vx7 (each
+# carrying its .vxN), tput twice (TAG=a then TAG=b, one interleaved plain/routed pair each, carrying .gpu-raya then
+# .gpu-rayb), final (carrying .gpu-demo: the vLLM gpu tests, then ray). From the repository root: bash benchmarks/gpu_session.sh vx 1
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)
@@ -28,6 +31,7 @@ PIPE=(--config configs/gpu-qwen3-30b-a3b.yaml --set "cache_dir=$S/cache" --set "
 site() { python3 -m pip install -q --no-index --no-deps --no-compile --upgrade --target "$@"; }
 quiet() { grep -av 'it/s\]\|s/it\]\|prompt/s\]\|step/s\]\| INFO \|^\s*$\|EventsWorker\|prefect.events' "$@"; }
 run1_status() {
+  [ -f "$S/run1.out" ] || return 0  # no pipeline run on this machine
   if [ -f "$S/run1.rc" ]; then echo "run1 finished: exit $(cat "$S/run1.rc")"; else echo "run1 running"; fi
   [ -f "$S/run1.log" ] && quiet "$S/run1.log" | grep -a "Finished in state\|failed\|Error\|error" | tail -n 4
 }
@@ -48,6 +52,7 @@ case "$step" in
       --json "$S/run1.json" > "$S/run1.log" 2>&1
     echo $? > "$S/run1.rc" ;;
   vx)  # one part of the vLLM wheel (calls 1-5 of vllm-parts.sh)
+    [ "$2" = 1 ] && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
     mkdir -p /tmp/vx && cp "$ROOT/.vx$2"/* /tmp/vx/ && echo "vx$2 copied" && run1_status ;;
   vx6)
     (cd /tmp/vx && cat part_* > vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl && rm part_*) && sha256sum -c "$ROOT/.vx6/sha" \
@@ -60,7 +65,7 @@ case "$step" in
     run1_status; cp "$S/run1.json" "$OUT/" 2>/dev/null; quiet "$S/run1.log" > "$OUT/run1.log"
     grep -a -A 14 "^run 1:" "$S/run1.log"; grep -a "^routing:\|^finetune_jobs:" "$S/run1.log" ;;
   run2)  # the second run (all Cached), the gpu tests at reduced depth, the fine-tuning peaks for an 80 GB card
-    mkdir -p /tmp/ray && cp "$ROOT"/.gpu-raya/* /tmp/ray/ 2>/dev/null
+    mkdir -p /tmp/raywhl && cp "$ROOT"/.gpu-raya/* /tmp/raywhl/ 2>/dev/null
     cd "$S/code" || exit 1
     PYTHONPATH=$S/code:/tmp/site timeout -k 10 200 python3 benchmarks/pipeline_bench.py "${PIPE[@]}" --keep-prompts \
       --json "$OUT/run2.json" > "$S/run2.log" 2>&1; echo "run2 exit $?"; quiet "$S/run2.log" > "$OUT/run2.log"
@@ -70,23 +75,33 @@ case "$step" in
     PYTHONPATH=$S/code:/tmp/site timeout -k 10 150 python3 benchmarks/finetune_bench.py --mode selective --layers 48 --experts 50 \
       --batch 8 --seq 256 --steps 2 --warmup 1 --sweep 8x256:gc,4x256,4x512,4x512:gc --out "$OUT/finetune_sweep.json" \
       > "$OUT/finetune_sweep.log" 2>&1; echo "finetune sweep exit $?"; cat "$OUT/finetune_sweep.md" 2>/dev/null || tail -n 20 "$OUT/finetune_sweep.log" ;;
-  tput)  # routing collection through our vLLM backend vs vLLM's plain generation, same run
-    mkdir -p /tmp/ray && cp "$ROOT"/.gpu-rayb/* /tmp/ray/ 2>/dev/null
+  tput)  # routing collection through our vLLM backend vs vLLM's plain generation: one interleaved pair per call
+    # (ORDER=plain,routed; a second call right after makes the second pair, vLLM's compile cache warm); a carried
+    # ray part (.gpu-raya or .gpu-rayb) is set aside for the `ray` step.
+    mkdir -p /tmp/raywhl && cp "$ROOT"/.gpu-raya/* "$ROOT"/.gpu-rayb/* /tmp/raywhl/ 2>/dev/null; ls /tmp/raywhl 2>/dev/null | tr '\n' ' '
+    T=${TAG:-a}
     cd "$SRC" && PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TPUT_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections throughput \
-      --rounds "${ROUNDS:-4}" --out "$OUT/a" --engine-timeout "${ENGINE_TIMEOUT:-280}" > "$OUT/tput.log" 2>&1; echo "tput exit $?"
-    grep -a "engine up\|^\[.*\] \(plain\|routed\) [0-9]\|^|" "$OUT/tput.log" | cut -c 1-400 ;;
+      --order "${ORDER:-plain,routed}" --rounds "${ROUNDS:-6}" --modes "${MODES:-sync,stream,r3_sync,ours_sync,ours_stream}" \
+      --out "$OUT/$T" --engine-timeout "${ENGINE_TIMEOUT:-290}" > "$OUT/tput-$T.log" 2>&1; echo "tput exit $?"
+    rm -f "$OUT/$T/vllm_bench.json"
+    grep -a "engine up\|^\[.*\] \(plain\|routed\) [0-9]\|^|\|^engine\|pair" "$OUT/tput-$T.log" | cut -c 1-700 ;;
+  final)  # the gpu tests of the vLLM backend with the landed code, then one Ray GPU worker vs in-process
+    cd "$SRC" || exit 1
+    PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_vllm_gpu.py \
+      > "$OUT/vllm-tests.log" 2>&1; echo "vllm gpu tests exit $?"; grep -a "passed\|failed\|assert\|Error" "$OUT/vllm-tests.log" | tail -n 8 | cut -c 1-400
+    cd "$ROOT" && bash "$SRC/benchmarks/gpu_session.sh" ray ;;
   patched)  # the gpu tests of the vLLM backend (patched evaluation bar 0.3), the fp32 patched evaluation, then Ray
     cd "$SRC" || exit 1
     PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 220 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_vllm_gpu.py \
       > "$OUT/vllm-tests.log" 2>&1; echo "vllm gpu tests exit $?"; grep -a "passed\|failed\|assert" "$OUT/vllm-tests.log" | tail -n 6
     PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 200 python3 benchmarks/vllm_bench.py patched --patched-dtypes float32 --out "$OUT/p" \
       --json "$OUT/patched.json" > "$OUT/patched.log" 2>&1; echo "patched fp32 exit $?"; grep -a "patched evaluation" "$OUT/patched.log" | cut -c 1-600
-    [ -f /tmp/ray/part_aa ] && [ -f /tmp/ray/part_ab ] && cd "$ROOT" && bash "$SRC/benchmarks/gpu_session.sh" ray ;;
-  ray)  # one Ray GPU worker vs the in-process path
-    (cd /tmp/ray && cat part_aa part_ab > ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl) && sha256sum -c /tmp/ray/sha \
-      && site /tmp/raysite /tmp/ray/ray-2.60.0-*.whl && echo "ray installed" || exit 1
+    [ -f /tmp/raywhl/part_aa ] && [ -f /tmp/raywhl/part_ab ] && cd "$ROOT" && bash "$SRC/benchmarks/gpu_session.sh" ray ;;
+  ray)  # one Ray GPU worker vs the in-process path (ray's jsonschema and steermoe's pydantic come from /tmp/vsite)
+    (cd /tmp/raywhl && cat part_aa part_ab > ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl) && (cd /tmp/raywhl && sha256sum -c sha) \
+      && site /tmp/raysite /tmp/raywhl/ray-2.60.0-*.whl && echo "ray installed" || exit 1
     mkdir -p "$S/demo-cache" && cp -a "$ROOT/.gpu-demo/demo-models" "$S/demo-cache/"
-    cd "$SRC" && STEERMOE_CACHE=$S/demo-cache PYTHONPATH=$SRC:/tmp/raysite:/tmp/site timeout -k 10 "${RAY_TIMEOUT:-200}" python3 \
+    cd "$SRC" && STEERMOE_CACHE=$S/demo-cache PYTHONPATH=$SRC:/tmp/raysite:/tmp/site:/tmp/vsite timeout -k 10 "${RAY_TIMEOUT:-200}" python3 \
       benchmarks/ray_bench.py --device cuda --workers 1 --prompts 512 --batch 64 --shard 64 --out "$OUT/ray.json" > "$OUT/ray.log" 2>&1
     echo "ray bench exit $?"; tail -n 12 "$OUT/ray.log" | cut -c 1-300 ;;
   *) echo "unknown step $step"; exit 2 ;;

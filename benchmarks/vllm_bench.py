@@ -86,8 +86,27 @@ def prompt_frame(n: int):
 
 
 # ------------------------------------------------------------------------------------------------ throughput
+def _spread(times: list[float]) -> dict:
+    t = np.asarray(times, dtype=float)
+    return {"median": round(float(np.median(t)), 4), "min": round(float(t.min()), 4), "max": round(float(t.max()), 4)} if len(t) else {}
+
+
+def _intervals(start: float, stamps: list[float]) -> list[float]:
+    return [round(b - a, 4) for a, b in zip([start, *stamps[:-1]], stamps)]
+
+
 def throughput_engine(args) -> dict:
-    """One engine (``--kind plain`` or ``routed``), every batch size; run in its own process."""
+    """One engine (``--kind plain`` or ``routed``), every batch size, every mode; run in its own process.
+
+    Per size ``b``: a warm-up with a full batch, then ``--rounds`` batches of ``b`` prompts in each mode, every
+    batch's (or shard's) time kept. plain: ``sync`` (one ``llm.generate`` per batch, as vLLM's offline API runs)
+    and ``stream`` (continuous batching over all the prompts: our backend's step loop, :func:`stream_generate`,
+    at most ``b`` requests in the engine). routed: ``r3_sync`` (``llm.generate`` with the capture, no records;
+    ``--r3-generate``), ``ours_sync`` (``collect_routing_vllm_ids(stream=False)``: store + manifest, one generate per
+    batch, the next one generated while the current is recorded) and ``ours_stream`` (the backend's default,
+    continuous batching, shards of ``b / --stream-shard-div`` sequences). The engine runs ``max_num_seqs`` = the
+    largest size, so below it the stream's window is ``b`` (running at most ``b``, like the sync batch); at the
+    largest size it is ``2 b`` (``b`` running, ``b`` waiting), what the pipeline runs with ``max_num_seqs = batch``."""
     from steermoe.generation import GenerationSettings
     from steermoe.routing.collect import RoutingSettings
     from steermoe.routing.vllm_backend import (
@@ -97,6 +116,7 @@ def throughput_engine(args) -> dict:
         _sampling_params,
         collect_routing_vllm_ids,
         make_llm,
+        stream_generate,
     )
 
     batches = [int(b) for b in args.batches.split(",")]
@@ -119,57 +139,127 @@ def throughput_engine(args) -> dict:
     log(f"{args.kind} engine up in {startup:.1f}s")
     eos = {tok.eos_token_id}
     n = args.new_tokens
-    out: dict = {"kind": args.kind, "startup_s": round(startup, 1), "batches": {}}
+    modes = args.modes.split(",")
+    out: dict = {"kind": args.kind, "label": args.label, "startup_s": round(startup, 1), "batches": {}}
+    params = lambda i: _sampling_params(n, eos, False, 1.0, 1.0, 0)  # noqa: E731 (the backend's own params)
     for b in batches:
         prompts = random_prompts(args.rounds * b, args.prompt_len, vocab, seed=b)  # `rounds` batches of b
-        row: dict = {"prompts": len(prompts)}
-        params = lambda i: _sampling_params(n, eos, False, 1.0, 1.0, 0)  # noqa: E731 (the backend's own params)
-        _generate(llm, prompts[:16], params)  # warm-up
-        t = time.perf_counter()
-        outs = [o for i in range(0, len(prompts), b) for o in _generate(llm, prompts[i : i + b], params)]
-        row["generate_s"] = round(time.perf_counter() - t, 3)
-        row["generated_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
-        row["plain_equivalent_tok_s"] = round((len(prompts) * args.prompt_len + row["generated_tokens"]) / row["generate_s"], 1)
-        if routed:
-            shapes = {str(np.asarray(o.outputs[0].routed_experts).shape) for o in outs[:4]}
-            row["routed_experts_shape"] = sorted(shapes)
+        plain_tokens = len(prompts) * args.prompt_len + len(prompts) * n  # prompt + generated, as the issue counts
+        window = 2 * b if b == max(batches) else b
+        row: dict = {"prompts": len(prompts), "stream_window": window}
+        _generate(llm, random_prompts(b, args.prompt_len, vocab, seed=7 + b), params)  # warm-up: a full batch
+        if not routed:
+            if "sync" in modes:
+                stamps, t = [], time.perf_counter()
+                outs = []
+                for i in range(0, len(prompts), b):
+                    outs += _generate(llm, prompts[i : i + b], params)
+                    stamps.append(time.perf_counter())
+                row["sync"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                row["generated_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
+            if "stream" in modes:
+                stamps, t = [], time.perf_counter()
+                outs = stream_generate(llm, prompts, params, window=window, batch=b, on_batch=lambda lo, o, st=stamps: st.append(time.perf_counter()))
+                row["stream"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                row["generated_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
+        else:
+            if "r3_sync" in modes:
+                stamps, t = [], time.perf_counter()
+                outs = []
+                for i in range(0, len(prompts), b):
+                    outs += _generate(llm, prompts[i : i + b], params)
+                    stamps.append(time.perf_counter())
+                row["r3_sync"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                row["routed_experts_shape"] = sorted({str(np.asarray(o.outputs[0].routed_experts).shape) for o in outs[:4]})
             df = prompt_frame(len(prompts))
             header = lambda layers: {"fingerprint": "dummy", "model_type": config.model_type, "layers": list(layers)}  # noqa: E731
             ready = ReadyEngine(llm, config, eos, header, args.capture)
-            common = dict(generation=GenerationSettings(max_new_tokens=n, batch_size=b), routing=RoutingSettings(shard_sequences=b), progress=False)
-            collect_routing_vllm_ids(ready, tok, df.iloc[:16], prompts[:16], Path(args.tmp) / f"warm{b}", **common)
-            t = time.perf_counter()
-            store = collect_routing_vllm_ids(ready, tok, df, prompts, Path(args.tmp) / f"store{b}", **common)
-            row["collect_s"] = round(time.perf_counter() - t, 3)
-            counts = store.manifest["counts"]
-            row["recorded_tokens"] = counts["prompt_tokens"] + counts["generated_tokens"]
-            row["recorded_tok_s"] = round(row["recorded_tokens"] / row["collect_s"], 1)
-            # Counted like plain generation (prompt + every generated token), for the ratio.
-            row["collect_plain_equivalent_tok_s"] = round((len(prompts) * args.prompt_len + row["generated_tokens"]) / row["collect_s"], 1)
-            row["store_complete"] = store.complete
+            gen = GenerationSettings(max_new_tokens=n, batch_size=b)
+            for mode, stream, shard in (("ours_sync", False, b), ("ours_stream", True, max(b // args.stream_shard_div, 1))):
+                if mode not in modes:
+                    continue
+                common = dict(generation=gen, routing=RoutingSettings(shard_sequences=shard), progress=False, stream=stream,
+                              stream_window=window)
+                warm = random_prompts(b, args.prompt_len, vocab, seed=7 + b)
+                collect_routing_vllm_ids(ready, tok, prompt_frame(b), warm, Path(args.tmp) / f"warm-{mode}-{b}", **common)
+                stamps: list[float] = []
+                t = time.perf_counter()
+                store = collect_routing_vllm_ids(ready, tok, df, prompts, Path(args.tmp) / f"store-{mode}-{b}",
+                                                 on_shard=lambda s, st=stamps: st.append(time.perf_counter()), **common)
+                seconds = time.perf_counter() - t
+                counts = store.manifest["counts"]
+                recorded = counts["prompt_tokens"] + counts["generated_tokens"]
+                row[mode] = {"s": round(seconds, 3), "shard_sequences": shard, "shard_s": _intervals(t, stamps),
+                             "recorded_tokens": recorded, "recorded_tok_s": round(recorded / seconds, 1), "store_complete": store.complete}
+                row["generated_tokens"] = counts["generated_tokens"]
+        for mode in ("sync", "stream", "r3_sync", "ours_sync", "ours_stream"):
+            if mode in row:
+                row[mode]["plain_equivalent_tok_s"] = round(plain_tokens / row[mode]["s"], 1)
+                per = row[mode].get("batch_s") or row[mode].get("shard_s")
+                row[mode]["spread"] = _spread(per)
         out["batches"][b] = row
-        log(args.kind, b, row)
+        log(args.kind, b, {k: ({kk: vv for kk, vv in v.items() if kk not in ("batch_s", "shard_s")} if isinstance(v, dict) else v)
+                           for k, v in row.items()})
     return out
 
 
+def throughput_table(engines: list[dict], batches: list[int]) -> dict:
+    """Ours vs plain from engine results in run order (plain, routed, plain, routed, ...): each routed engine is paired
+    with the plain engine just before it; per size and mode, the time ratio plain / ours (same prompts, same tokens)
+    for every pair, and the median over pairs."""
+    pairs, last_plain = [], None
+    for e in engines:
+        if e.get("kind") == "plain" and "batches" in e:
+            last_plain = e
+        elif e.get("kind") == "routed" and "batches" in e and last_plain is not None:
+            pairs.append((last_plain, e))
+    rows = []
+    for b in batches:
+        get = lambda e, b=b: e["batches"].get(str(b)) or e["batches"].get(b)  # noqa: E731 (JSON keys are strings)
+        row: dict = {"batch": b, "pairs": []}
+        for plain, routed in pairs:
+            p, r = get(plain), get(routed)
+            if not p or not r:
+                continue
+            pair = {"plain": plain.get("label"), "routed": routed.get("label")}
+            for ours, base in (("ours_sync", "sync"), ("ours_stream", "stream"), ("ours_stream", "sync"), ("r3_sync", "sync")):
+                if ours in r and base in p:
+                    pair[f"{ours}/{base}"] = round(p[base]["s"] / r[ours]["s"], 4)
+            for k in ("sync", "stream"):
+                if k in p:
+                    pair[f"plain_{k}_s"] = p[k]["s"]
+            for k in ("r3_sync", "ours_sync", "ours_stream"):
+                if k in r:
+                    pair[f"{k}_s"] = r[k]["s"]
+                    if "recorded_tok_s" in r[k]:
+                        pair[f"{k}_recorded_tok_s"] = r[k]["recorded_tok_s"]
+            row["pairs"].append(pair)
+        keys = sorted({k for pr in row["pairs"] for k in pr if k not in ("plain", "routed")})
+        row["median"] = {k: round(float(np.median([pr[k] for pr in row["pairs"] if k in pr])), 4) for k in keys}
+        rows.append(row)
+    return {"pairs": len(pairs), "rows": rows}
+
+
 def throughput(args) -> dict:
-    results = {}
-    for kind in ("plain", "routed"):
-        results[kind] = sub_section(args, "throughput-engine", ["--kind", kind], timeout=args.engine_timeout)
-    table = []
-    for b in args.batches.split(","):
-        plain = results["plain"].get("batches", {}).get(b) or results["plain"].get("batches", {}).get(int(b))
-        routed = results["routed"].get("batches", {}).get(b) or results["routed"].get("batches", {}).get(int(b))
-        if not plain or not routed:
-            continue
-        table.append({
-            "batch": int(b), "plain_s": plain["generate_s"], "plain_tok_s": plain["plain_equivalent_tok_s"],
-            "r3_generate_s": routed["generate_s"], "r3_generate_tok_s": routed["plain_equivalent_tok_s"],
-            "ours_s": routed["collect_s"], "ours_recorded_tok_s": routed["recorded_tok_s"],
-            "ours_vs_plain": round(plain["generate_s"] / routed["collect_s"], 4),
-        })
-    results["table"] = table
+    results: dict = {"engines": []}
+    for i, kind in enumerate(args.order.split(",")):
+        label = f"{kind}{i // 2 + 1}" if args.order.count(kind) > 1 else kind
+        e = sub_section(args, "throughput-engine", ["--kind", kind, "--label", label], timeout=args.engine_timeout)
+        e.setdefault("kind", kind)
+        e.setdefault("label", label)
+        results["engines"].append(e)
+        (Path(args.out) / "throughput.json").write_text(json.dumps(results, indent=2, default=str))
+    results["table"] = throughput_table(results["engines"], [int(b) for b in args.batches.split(",")])
     return results
+
+
+def combine(args) -> dict:
+    """The table over engine JSONs of several runs (``--inputs a.json,b.json``: ``throughput.json`` files of
+    one or more ``throughput`` sections, in run order)."""
+    engines = []
+    for f in args.inputs.split(","):
+        engines += json.loads(Path(f).read_text())["engines"]
+    return {"throughput": {"engines": engines, "table": throughput_table(engines, [int(b) for b in args.batches.split(",")])}}
 
 
 # ------------------------------------------------------------------------------------------------ static decoder
@@ -486,7 +576,8 @@ def patched_evaluation(args, folder: Path, tok, dtype: str | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "exactness": exactness, "patched": patched}
+SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "exactness": exactness, "patched": patched,
+            "combine": combine}
 
 
 def sub_section(args, name: str, more: list[str] | None = None, timeout: float = 600) -> dict:
@@ -514,7 +605,7 @@ def sub_section(args, name: str, more: list[str] | None = None, timeout: float =
 def _passthrough(args) -> list[str]:
     keep = []
     for key, value in vars(args).items():
-        if key in ("section", "json", "sections", "kind") or value is None or value is False:
+        if key in ("section", "json", "sections", "kind", "label", "order", "inputs") or value is None or value is False:
             continue
         flag = "--" + key.replace("_", "-")
         keep += [flag] if value is True else [flag, str(value)]
@@ -535,7 +626,13 @@ def main(argv=None) -> dict:
     ap.add_argument("--new-tokens", type=int, default=128)
     ap.add_argument("--batches", default="128,256,512")
     ap.add_argument("--kind", default="plain")
-    ap.add_argument("--rounds", type=int, default=2, help="Throughput: batches per size (the last shard's write overlaps nothing).")
+    ap.add_argument("--label", default=None, help="Throughput engine: its name in the table (plain1, routed1, ...).")
+    ap.add_argument("--order", default="plain,routed", help="Throughput: the engines, in run order, each in its own process "
+                    "(plain,routed,plain,routed: interleaved pairs).")
+    ap.add_argument("--modes", default="sync,stream,r3_sync,ours_sync,ours_stream", help="Throughput: what each engine runs.")
+    ap.add_argument("--stream-shard-div", type=int, default=4, help="Throughput ours_stream: shards of batch / this sequences.")
+    ap.add_argument("--inputs", default=None, help="Section combine: throughput.json files, comma-separated, in run order.")
+    ap.add_argument("--rounds", type=int, default=6, help="Throughput: batches per size and mode.")
     ap.add_argument("--eager", action="store_true", help="Throughput engines without CUDA graphs / compile (CPU smoke).")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--capture-sizes", default="1,2,4,8,16,32,64,128,256,512", help="CUDA-graph batch sizes ('' : vLLM's default).")
@@ -563,6 +660,12 @@ def main(argv=None) -> dict:
             (Path(args.out) / "vllm_bench.json").write_text(json.dumps(results, indent=2, default=str))
         _print(results)
         return results
+    if args.section == "combine":
+        results = combine(args)
+        _print(results)
+        if args.json:
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        return results
     args.tmp = args.tmp or tempfile.mkdtemp(prefix=f"vllm-bench-{args.section}-", dir=os.environ.get("BENCH_TMP"))
     import torch
 
@@ -578,12 +681,16 @@ def main(argv=None) -> dict:
 
 def _print(results: dict) -> None:
     t = results.get("throughput", {})
-    if t.get("table"):
-        print("\n| batch | vLLM plain s | plain tok/s | vLLM+R3 generate s | ours (store) s | ours recorded tok/s | ours / plain |")
-        print("|---:|---:|---:|---:|---:|---:|---:|")
-        for r in t["table"]:
-            print(f"| {r['batch']} | {r['plain_s']:.2f} | {r['plain_tok_s']:,.0f} | {r['r3_generate_s']:.2f} | {r['ours_s']:.2f} | "
-                  f"{r['ours_recorded_tok_s']:,.0f} | {r['ours_vs_plain']:.1%} |")
+    for e in t.get("engines", []):
+        print(f"engine {e.get('label')}: startup {e.get('startup_s')} s, wall {e.get('wall_s')} s {e.get('error', '')}")
+    rows = t.get("table", {}).get("rows", [])
+    if rows:
+        print(f"\n{t['table']['pairs']} interleaved pair(s); medians over pairs (time ratio plain / ours; 1.0 = as fast as plain)")
+        keys = sorted({k for r in rows for k in r["median"]})
+        print("| batch | " + " | ".join(keys) + " |")
+        print("|---:|" + "---:|" * len(keys))
+        for r in rows:
+            print(f"| {r['batch']} | " + " | ".join(f"{r['median'].get(k, float('nan')):,.4g}" for k in keys) + " |")
     for name, row in results.get("static", {}).get("variants", {}).items():
         print(f"static {name}: {row.get('recorded_tok_s')} tok/s, replay {row.get('graph_replay_ms')} ms/step, "
               f"categories {row.get('graph_replay_profile', {}).get('categories_ms')}")

