@@ -81,7 +81,7 @@ case "$step" in
     mkdir -p /tmp/raywhl && cp "$ROOT"/.gpu-raya/* "$ROOT"/.gpu-rayb/* /tmp/raywhl/ 2>/dev/null; ls /tmp/raywhl 2>/dev/null | tr '\n' ' '
     T=${TAG:-a}
     cd "$SRC" && PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TPUT_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections throughput \
-      --order "${ORDER:-plain,routed}" --rounds "${ROUNDS:-6}" --modes "${MODES:-sync,stream,r3_sync,ours_sync,ours_stream}" \
+      --order "${ORDER:-plain,routed}" --rounds "${ROUNDS:-6}" --modes "${MODES:-sync,stream,ours_sync,ours_stream}" \
       --out "$OUT/$T" --engine-timeout "${ENGINE_TIMEOUT:-290}" > "$OUT/tput-$T.log" 2>&1; echo "tput exit $?"
     rm -f "$OUT/$T/vllm_bench.json"
     grep -a "engine up\|^\[.*\] \(plain\|routed\) [0-9]\|^|\|^engine\|pair" "$OUT/tput-$T.log" | cut -c 1-700 ;;
