@@ -14,7 +14,7 @@
 # with tput to get Ray there (2 x ~38 MiB), .gpu-demo with patched.
 # The vLLM + Ray session (2026-12-02, code landed, so the repository itself travels): vx 1 .. vx 5, vx6, vx7 (each
 # carrying its .vxN), tput twice (TAG=a then TAG=b, one interleaved plain/routed pair each, carrying .gpu-raya then
-# .gpu-rayb), final (carrying .gpu-demo: the vLLM gpu tests, then ray). From the repository root: bash benchmarks/gpu_session.sh vx 1
+# .gpu-rayb), final (the vLLM gpu tests, then ray; .gpu-demo rides with vx 5). From the repository root: bash benchmarks/gpu_session.sh vx 1
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)
@@ -36,6 +36,11 @@ run1_status() {
   [ -f "$S/run1.log" ] && quiet "$S/run1.log" | grep -a "Finished in state\|failed\|Error\|error" | tail -n 4
 }
 
+demo() {  # a carried .gpu-demo (the demo model's cache folder) into this machine's /tmp
+  [ -d "$ROOT/.gpu-demo/demo-models" ] && mkdir -p "$S/demo-cache" && cp -a "$ROOT/.gpu-demo/demo-models" "$S/demo-cache/" && echo "demo model copied"
+  return 0
+}
+
 case "$step" in
   scale1)
     nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
@@ -53,7 +58,8 @@ case "$step" in
     echo $? > "$S/run1.rc" ;;
   vx)  # one part of the vLLM wheel (calls 1-5 of vllm-parts.sh)
     [ "$2" = 1 ] && nvidia-smi --query-gpu=name,memory.total,memory.used,driver_version --format=csv
-    mkdir -p /tmp/vx && cp "$ROOT/.vx$2"/* /tmp/vx/ && echo "vx$2 copied" && run1_status ;;
+    mkdir -p /tmp/vx && cp "$ROOT/.vx$2"/* /tmp/vx/ && echo "vx$2 copied" && run1_status
+    demo ;;  # the demo model (16 MB) rides along with the smaller parts
   vx6)
     (cd /tmp/vx && cat part_* > vllm-0.24.0-cp38-abi3-manylinux_2_28_x86_64.whl && rm part_*) && sha256sum -c "$ROOT/.vx6/sha" \
       && tar xf "$ROOT/.vx6/deps.tar" -C /tmp/vx && site /tmp/vsite /tmp/vx/*.whl && echo "vllm installed"; run1_status ;;
@@ -100,7 +106,7 @@ case "$step" in
   ray)  # one Ray GPU worker vs the in-process path (ray's jsonschema and steermoe's pydantic come from /tmp/vsite)
     (cd /tmp/raywhl && cat part_aa part_ab > ray-2.60.0-cp312-cp312-manylinux2014_x86_64.whl) && (cd /tmp/raywhl && sha256sum -c sha) \
       && site /tmp/raysite /tmp/raywhl/ray-2.60.0-*.whl && echo "ray installed" || exit 1
-    mkdir -p "$S/demo-cache" && cp -a "$ROOT/.gpu-demo/demo-models" "$S/demo-cache/"
+    demo; ls "$S/demo-cache/demo-models" || exit 1
     cd "$SRC" && STEERMOE_CACHE=$S/demo-cache PYTHONPATH=$SRC:/tmp/raysite:/tmp/site:/tmp/vsite timeout -k 10 "${RAY_TIMEOUT:-200}" python3 \
       benchmarks/ray_bench.py --device cuda --workers 1 --prompts 512 --batch 64 --shard 64 --out "$OUT/ray.json" > "$OUT/ray.log" 2>&1
     echo "ray bench exit $?"; tail -n 12 "$OUT/ray.log" | cut -c 1-300 ;;
