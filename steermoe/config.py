@@ -208,6 +208,11 @@ class FinetuneConfig(Section):
     refusal_endpoint: str | None = Field(None, description="OpenAI-compatible base URL (e.g. http://localhost:8000/v1) that writes refusals; templates when empty.")
     refusal_endpoint_model: str | None = Field(None, description="Model name at refusal_endpoint.")
     answer_max_new_tokens: int = Field(48, ge=1, description="Tokens the base model generates per safe training prompt (its answer is the benign target).")
+    concurrent_baselines: bool = Field(
+        False, description="Train the baselines at the same time as the selected experts, each in a process of its own with the "
+        "same torch thread count (same patches and metrics as one after another); for a small model on a few CPU cores, where one "
+        "run does not keep the cores busy. One after another with num_processes > 1, a hostfile or separate_process.",
+    )
     separate_process: bool = Field(
         False, description="Train each job in a process of its own (the deepspeed launcher) even with num_processes 1, so its "
         "device memory is returned when it ends; the pipeline process keeps no second copy of a large model.",

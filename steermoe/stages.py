@@ -273,13 +273,7 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | No
     """Fine-tune only the selected experts (and the configured baselines, same data and budget) on
     refusals for unsafe prompts and the base model's own answers for safe ones; write the patch(es) and
     the training curve (``history.json``, one point per optimizer step)."""
-    from steermoe.finetune import (
-        build_training_examples,
-        finetune_experts,
-        finetune_full,
-        finetune_random,
-        refusals_from_endpoint,
-    )
+    from steermoe.finetune import FinetuneRun, build_training_examples, finetune_runs, random_selection, refusals_from_endpoint
     from steermoe.modeling import load_pretrained
     from steermoe.prompts import to_messages
     from steermoe.selection import ExpertSelection
@@ -299,17 +293,20 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | No
     selection = ExpertSelection.from_json(selection_path)
 
     history: list[dict] = []
-    result = finetune_experts(
-        model_path, selection, examples, ft, out / "selected", callback=lambda step, m: history.append({"step": step, **m}), model=cfg.model
-    )
-    _write_json(history, out / "history.json")
-    record = {"patch_path": str(result.patch_path), "history_path": str(out / "history.json"), "metrics": _numeric(result.metrics), "baselines": {}}
+    runs = [FinetuneRun("selective", selection, out / "selected", callback=lambda step, m: history.append({"step": step, **m}))]
     for name in ft.baselines:
         if name == "random":
-            base = finetune_random(model_path, selection, examples, ft, out / "random", model=cfg.model)
-            record["baselines"]["random"] = {"patch_path": str(base.patch_path), "metrics": _numeric(base.metrics)}
+            runs.append(FinetuneRun("random", random_selection(model_path, len(selection), seed=ft.seed, exclude=selection.experts, model=cfg.model), out / "random"))
         elif name == "full":
-            base = finetune_full(model_path, examples, ft, out / "full", model=cfg.model)
+            runs.append(FinetuneRun("full", None, out / "full"))
+    results = finetune_runs(model_path, runs, examples, ft, concurrent=ft.concurrent_baselines, model=cfg.model)
+    result = results[0]
+    _write_json(history, out / "history.json")
+    record = {"patch_path": str(result.patch_path), "history_path": str(out / "history.json"), "metrics": _numeric(result.metrics), "baselines": {}}
+    for base in results[1:]:
+        if base.mode == "random":
+            record["baselines"]["random"] = {"patch_path": str(base.patch_path), "metrics": _numeric(base.metrics)}
+        else:
             record["baselines"]["full"] = {"merged_path": str(base.merged_path), "metrics": _numeric(base.metrics)}
     return record
 

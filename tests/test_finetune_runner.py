@@ -40,6 +40,38 @@ def test_random_baseline_has_the_same_size_and_other_experts(tiny_demo_model):
     assert rand.experts == random_selection(tiny_demo_model, 3, seed=0, exclude=chosen).experts
 
 
+def test_concurrent_runs_write_the_patches_and_metrics_of_runs_one_after_another(tiny_demo_model, demo_examples, tmp_path):
+    from steermoe.finetune import FinetuneRun, finetune_runs
+
+    selection = ExpertSelection([(0, 1), (2, 3)], [1.0, 1.0], "manual")
+    rand = random_selection(tiny_demo_model, 2, seed=0, exclude=selection.experts)
+    cfg = FinetuneConfig(zero_stage=0, learning_rate=1e-2, max_steps=3, batch_size=4, warmup_steps=1, heldout_fraction=0.25)
+
+    def train(root, concurrent):
+        steps: dict[str, list] = {"selective": [], "random": []}
+        runs = [FinetuneRun(mode, sel, root / mode, callback=lambda s, m, mode=mode: steps[mode].append((s, m["loss"]))) for mode, sel in (("selective", selection), ("random", rand))]
+        return finetune_runs(tiny_demo_model, runs, demo_examples, cfg, concurrent=concurrent, progress=False), steps
+
+    one, one_steps = train(tmp_path / "sequential", False)
+    both, both_steps = train(tmp_path / "concurrent", True)
+    assert (tmp_path / "concurrent" / "random" / "job" / "job.json").exists()  # the baseline trained in a process of its own
+    assert not (tmp_path / "sequential" / "random" / "job").exists()
+    assert one_steps == both_steps and len(both_steps["random"]) == 3
+    for a, b in zip(one, both):
+        assert (a.mode, a.selection.experts) == (b.mode, b.selection.experts)
+        assert _tensors(a.patch_path) == _tensors(b.patch_path)
+        same = ("mode", "steps", "loss_history", "final_loss", "heldout_loss", "heldout_all_loss_before", "trainable_params")
+        assert {k: a.metrics[k] for k in same} == {k: b.metrics[k] for k in same}
+    assert _tensors(one[0].patch_path) != _tensors(one[1].patch_path)
+
+
+def _tensors(patch_path) -> dict[str, bytes]:
+    """A patch's tensors, byte for byte (the file's header is not: safetensors writes its metadata keys in any order)."""
+    from safetensors.torch import load_file
+
+    return {k: v.numpy().tobytes() for k, v in load_file(patch_path / "experts.safetensors").items()}
+
+
 def test_cli_without_selection_is_one_line_error(tmp_path, capsys):
     from steermoe.cli import run_app
 

@@ -19,9 +19,11 @@ from steermoe.finetune.data import (
 from steermoe.finetune.patch import apply_patch, load_patched_model, read_manifest, save_merged
 from steermoe.finetune.runner import (
     FinetuneResult,
+    FinetuneRun,
     finetune_experts,
     finetune_full,
     finetune_random,
+    finetune_runs,
     random_selection,
     split_heldout,
 )
@@ -38,9 +40,11 @@ __all__ = [
     "read_manifest",
     "save_merged",
     "FinetuneResult",
+    "FinetuneRun",
     "finetune_experts",
     "finetune_random",
     "finetune_full",
+    "finetune_runs",
     "random_selection",
     "split_heldout",
 ]

@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
     job = json.loads(job_path.read_text(encoding="utf-8"))
     examples = load_examples(job_path.parent / "examples.jsonl")
     heldout = load_examples(job_path.parent / "heldout.jsonl")
-    run_job(job, examples, heldout)
+    run_job(job, examples, heldout, progress=job.get("progress", True))
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from steermoe.errors import InputError
 from steermoe.selection import ExpertSelection
 
-__all__ = ["FinetuneResult", "finetune_experts", "finetune_random", "finetune_full", "random_selection", "split_heldout", "run_job"]
+__all__ = ["FinetuneResult", "FinetuneRun", "finetune_experts", "finetune_runs", "finetune_random", "finetune_full", "random_selection", "split_heldout", "run_job"]
 
 
 @dataclass
@@ -89,8 +89,8 @@ def finetune_full(base_path, examples: Sequence, cfg, out_dir, callback: Callabl
     return _finetune("full", base_path, None, examples, cfg, out_dir, callback, heldout, progress, model)
 
 
-def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model) -> FinetuneResult:
-    from steermoe.finetune.data import save_examples
+def _prepare(mode, base_path, selection, examples, cfg, out_dir, heldout, model) -> tuple[dict, list, list]:
+    """The job of one run (and its training and held-out examples); an unfinished run's checkpoints are kept for resuming."""
     from steermoe.modeling import model_fingerprint, model_section
 
     base_path, out_dir = Path(base_path), Path(out_dir)
@@ -110,23 +110,101 @@ def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, held
         "model": (model or model_section()).model_dump(mode="json"),
         "out_dir": str(out_dir),
     }
-    if cfg.num_processes > 1 or cfg.hostfile or cfg.separate_process:
-        job_dir = out_dir / "job"
-        job_dir.mkdir(exist_ok=True)
-        save_examples(examples, job_dir / "examples.jsonl")
-        save_examples(heldout, job_dir / "heldout.jsonl")
-        (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
-        _launch(job_dir / "job.json", cfg)
-        if callback is not None:
-            for line in (out_dir / "steps.jsonl").read_text(encoding="utf-8").splitlines():
-                row = json.loads(line)
-                callback(row.pop("step"), row)
-    else:
-        run_job(job, examples, heldout, callback=callback, progress=progress)
+    return job, list(examples), list(heldout)
+
+
+def _write_job(job: dict, examples: Sequence, heldout: Sequence) -> Path:
+    from steermoe.finetune.data import save_examples
+
+    job_dir = Path(job["out_dir"]) / "job"
+    job_dir.mkdir(exist_ok=True)
+    save_examples(examples, job_dir / "examples.jsonl")
+    save_examples(heldout, job_dir / "heldout.jsonl")
+    (job_dir / "job.json").write_text(json.dumps(job), encoding="utf-8")
+    return job_dir / "job.json"
+
+
+def _replay_steps(out_dir: Path, callback: Callable | None) -> None:
+    """A run trained in another process: its steps, as the callback would have seen them."""
+    if callback is not None:
+        for line in (out_dir / "steps.jsonl").read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            callback(row.pop("step"), row)
+
+
+def _result(mode: str, out_dir: Path, selection) -> FinetuneResult:
     metrics = json.loads((out_dir / "metrics.json").read_text(encoding="utf-8"))
     patch = out_dir / "patch"
     merged = out_dir / "merged"
     return FinetuneResult(mode, out_dir, patch if patch.exists() else None, merged if merged.exists() else None, metrics, selection)
+
+
+def _uses_launcher(cfg) -> bool:
+    return cfg.num_processes > 1 or bool(cfg.hostfile) or cfg.separate_process
+
+
+def _finetune(mode, base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model) -> FinetuneResult:
+    job, examples, heldout = _prepare(mode, base_path, selection, examples, cfg, out_dir, heldout, model)
+    out_dir = Path(job["out_dir"])
+    if _uses_launcher(cfg):
+        _launch(_write_job(job, examples, heldout), cfg)
+        _replay_steps(out_dir, callback)
+    else:
+        run_job(job, examples, heldout, callback=callback, progress=progress)
+    return _result(mode, out_dir, selection)
+
+
+@dataclass
+class FinetuneRun:
+    """One run of :func:`finetune_runs`: ``mode`` "selective" or "random" (with its ``selection``)
+    or "full" (none), written into ``out_dir``; ``callback(step, metrics)`` after each optimizer step."""
+
+    mode: str
+    selection: ExpertSelection | None
+    out_dir: Path
+    callback: Callable | None = None
+
+
+def finetune_runs(
+    base_path, runs: Sequence[FinetuneRun], examples: Sequence, cfg, *, concurrent: bool = False, heldout: Sequence | None = None, progress: bool = True, model=None
+) -> list[FinetuneResult]:
+    """Train several runs on the same data and budget (the selected experts and the baselines), one after another,
+    or with ``concurrent`` all at the same time on this machine: the first in this process, each other one in a
+    process of its own (``python -m steermoe.finetune.launch``). Every run keeps this process's torch thread count
+    (the result of a CPU run depends on it): the same patches and metrics as one after another, which a test holds
+    equal. On a few CPU cores a small model's step gains little from a second thread, so runs side by side share the
+    cores better than one run does. With ``finetune.num_processes`` > 1, a hostfile or ``separate_process`` the runs
+    go one after another."""
+    import torch
+
+    runs = list(runs)
+    if not concurrent or _uses_launcher(cfg) or len(runs) < 2:
+        return [_finetune(r.mode, base_path, r.selection, examples, cfg, r.out_dir, r.callback, heldout, progress, model) for r in runs]
+    jobs = [_prepare(r.mode, base_path, r.selection, examples, cfg, r.out_dir, heldout, model) for r in runs]
+    children = [_start_job(_write_job({**job, "progress": False}, ex, held), torch.get_num_threads()) for job, ex, held in jobs[1:]]
+    try:
+        job, ex, held = jobs[0]
+        run_job(job, ex, held, callback=runs[0].callback, progress=progress)
+    except BaseException:
+        for child in children:
+            child.kill()
+            child.wait()
+        raise
+    for (job, _, _), run, child in zip(jobs[1:], runs[1:], children):
+        if child.wait() != 0:
+            raise RuntimeError(f"fine-tuning {run.mode} ({job['out_dir']}) failed with exit code {child.returncode}; its log is {run.out_dir / 'job' / 'train.log'}")
+        _replay_steps(Path(job["out_dir"]), run.callback)
+    return [_result(r.mode, Path(job["out_dir"]), r.selection) for (job, _, _), r in zip(jobs, runs)]
+
+
+def _start_job(job_path: Path, threads: int) -> subprocess.Popen:
+    """One job in a process of its own with ``threads`` torch threads, without the deepspeed launcher (one rank; it sets its
+    own torch.distributed variables)."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
+    with open(job_path.parent / "train.log", "w", encoding="utf-8") as log:
+        return subprocess.Popen([sys.executable, "-m", "steermoe.finetune.launch", "--job", str(job_path)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
 
 def _clear_outputs(out_dir: Path) -> None:
@@ -168,12 +246,14 @@ def _hostfile_hosts(path: Path) -> list[str]:
     return [line.split()[0] for line in entries]
 
 
+# torch.distributed variables of this process: a launcher (or a job's own process) sets its own.
+_DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "STEERMOE_OWN_DIST_ENV")
+
+
 def _launch(job_path: Path, cfg) -> None:
     """Start the training processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
     cmd = launch_command(job_path, cfg)
-    env = dict(os.environ)
-    for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "STEERMOE_OWN_DIST_ENV"):
-        env.pop(key, None)  # the launcher sets them per process
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}  # the launcher sets them per process
     env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
