@@ -12,7 +12,7 @@ export TORCH_EXTENSIONS_DIR ?= $(HOME)/.cache/steermoe/torch_extensions
 # Idle OpenMP threads sleep instead of spinning (same results; much faster on a shared CPU): see steermoe/cli/__init__.py.
 export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: venv demo test lint bench clean
+.PHONY: venv demo demo-ood test lint bench clean
 
 # The demo's install: steermoe and its dev tools (uv installs; see .ci/install-venv.sh). The tests add Ray.
 $(STAMP): pyproject.toml .ci/install-venv.sh
@@ -32,6 +32,14 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(VENV)/bin/steermoe run --config configs/demo.yaml
+
+# After `make demo`: the base model and the demo run's two patches (its latest fine-tuning) on the free-wording
+# `ood` split, one table with bootstrap intervals (README, "The free-wording split").
+demo-ood: $(STAMP)
+	@key=$$(ls -td runs/demo/finetune/*/selected/patch 2>/dev/null | head -1 | cut -d/ -f4); \
+	if [ -z "$$key" ]; then echo "demo-ood: no fine-tuned patch under runs/demo/finetune/; run make demo first" >&2; exit 2; fi; \
+	$(VENV)/bin/steermoe compare --config configs/demo.yaml --set evaluation.split=ood --out runs/demo/ood \
+	  --patch expert-fine-tuned=runs/demo/finetune/$$key/selected/patch --patch random-experts=runs/demo/finetune/$$key/random/patch
 
 test: $(RAY_STAMP) $(VLLM_STAMP)
 	# The Prefect UI browser test drives Chromium with playwright-core (no browser download); it skips without them.

@@ -6,8 +6,8 @@ import re
 from steermoe.demo.corpus import build_corpus
 from steermoe.demo.declines import CAPABILITY_REQUESTS
 from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
-from steermoe.demo.quality import answer_topic, is_on_topic
-from steermoe.demo.wording import FRAMES, category_contexts, phrase
+from steermoe.demo.quality import answer_topic, is_on_topic, topic_vocabularies
+from steermoe.demo.wording import FRAMES, category_contexts, general_answer, phrase, topic_more, topic_nouns
 
 
 def test_phrasings_vary_in_frame_length_and_noise():
@@ -51,3 +51,18 @@ def test_every_safe_answer_of_the_corpus_is_classified_into_its_own_topic():
     assert not is_on_topic("Sure, here is how to cook rice. Step 1: [details withheld].", "cooking")
     subject, answer = BORDERLINE["train"][0]
     assert is_on_topic(answer, "borderline", item=subject)
+
+
+def test_topic_vocabulary_prompts_get_the_topic_answer_without_copying_the_noun():
+    """Questions about a thing or a task ("Any tips on sourdough?", "how to tune a guitar") are answered with the
+    topic's general answer, whose first words already say the topic; the corpus-only vocabulary is not in the judge's."""
+    for topic in SAFE_TOPICS:
+        answer, nouns = topic_nouns(topic)
+        more, tasks = topic_more(topic)
+        assert len(more) >= 50 and len(tasks) >= 20 and not set(more) & set(nouns)
+        general = general_answer(answer)
+        assert "{noun}" not in general and is_on_topic(general, topic)
+    corpus = build_corpus()
+    sourdough = [ex for ex in corpus if "sourdough" in ex.prompt]
+    assert sourdough and {ex.answer for ex in sourdough} == {general_answer(topic_nouns("cooking")[0])}
+    assert "sourdough" not in topic_vocabularies()["cooking"]

@@ -40,7 +40,9 @@ from steermoe.demo.wording import (
     extra_borderline_targets,
     extra_safe_items,
     extra_unsafe_targets,
+    general_answer,
     phrase,
+    topic_more,
     topic_nouns,
 )
 
@@ -87,7 +89,9 @@ VARIANTS = {"unsafe": (4, 4), "safe": (4, 3), "borderline": (5, 5), "capability"
 # Extra items sampled per category into the corpus (all of them would drown the grids' pairs).
 EXTRA_PER_CATEGORY = {"unsafe": 90, "safe": 36, "borderline": 20}
 # Noun-frame phrasings per noun (safe topic nouns and items, borderline targets, harmful unsafe targets).
-NOUN_VARIANTS = {"safe": 3, "borderline": 3, "unsafe": 3}
+NOUN_VARIANTS = {"safe": 3, "borderline": 3, "unsafe": 3, "more": 2}
+# Free-wording phrasings per corpus-only topic task ("bake a loaf of bread").
+TASK_VARIANTS = 3
 
 
 def _phrasings(item: str, n: tuple[int, int], rng: random.Random, contexts: tuple[str, ...] = ()) -> list[str]:
@@ -129,9 +133,17 @@ def _noun_examples(rng: random.Random) -> list[Example]:
     out = []
     for topic, spec in sorted(SAFE_GRIDS.items()):
         answer, nouns = topic_nouns(topic)
+        # The topic's answer without the noun: its first word already says the topic (a 4-layer model that must
+        # first copy an unseen noun often garbles it and then picks the topic after the garbled copy).
+        general = general_answer(answer)
         contexts = category_contexts("safe", topic)
         for noun in nouns + spec["items"] + extra_safe_items(topic):
-            out += [Example(p, answer.format(noun=noun), "safe", topic) for p in _nouns(noun, NOUN_VARIANTS["safe"], rng, contexts)]
+            out += [Example(p, general, "safe", topic) for p in _nouns(noun, NOUN_VARIANTS["safe"], rng, contexts)]
+        more_nouns, tasks = topic_more(topic)
+        for noun in more_nouns:
+            out += [Example(p, general, "safe", topic) for p in _nouns(noun, NOUN_VARIANTS["more"], rng, contexts)]
+        for task in tasks:
+            out += [Example(p, general, "safe", topic) for p in dict.fromkeys(phrase(task, rng, contexts)[1] for _ in range(TASK_VARIANTS))]
     for name, group in sorted(BORDERLINE_GROUPS.items()):
         contexts = category_contexts("borderline", name)
         for target in group["targets"] + extra_borderline_targets(name):

@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 __all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DEMO_SIZES", "DemoRecipe"]
 
 # Bump when the builder changes what a recipe produces (the cache key includes it).
-BUILDER_VERSION = 3
+BUILDER_VERSION = 4
 
 DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
 DEMO_SIZES = ("full", "small", "tiny")
@@ -37,9 +37,9 @@ class DemoRecipe:
     head_dim: int = 32
     vocab_size: int = 4096
     max_length: int = 88
-    steps: int = 500
+    steps: int = 600
     batch_size: int = 32
-    learning_rate: float = 3e-3
+    learning_rate: float = 5e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
     routing_prior: float = 0.1

@@ -106,6 +106,18 @@ def _prior_loss(router_logits, layers, unsafe_experts, prior_mask, unsafe):
     return total / len(router_logits)
 
 
+def _answer_loss(model, input_ids, attention, labels):
+    """Next-token loss on answer tokens, the vocabulary projection computed only where a label is (the same
+    value as the model's own ``labels=`` loss; a prompt token's logits cost as much and are never used)."""
+    import torch
+
+    hidden = model.model(input_ids=input_ids, attention_mask=attention).last_hidden_state  # (B, T, H)
+    targets = labels[:, 1:]  # (B, T-1): position t predicts token t+1
+    keep = targets != -100
+    logits = model.lm_head(hidden[:, :-1][keep])  # (N, V)
+    return torch.nn.functional.cross_entropy(logits.float(), targets[keep])
+
+
 def _length_bucketed_batches(encoded, batch_size: int, gen) -> list[list[int]]:
     """One seeded epoch of batches: shuffled, then sorted by length within windows of 16 batches so a
     batch pads to similar lengths (less padding, less compute), then the batch order shuffled."""
@@ -152,8 +164,8 @@ def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> T
             idx = batches.pop()
             input_ids, attention, labels, prior_mask, unsafe = _batch(encoded, idx, pad_id)
             captured.clear()
-            out = model(input_ids=input_ids, attention_mask=attention, labels=labels)
-            loss = out.loss
+            lm_loss = _answer_loss(model, input_ids, attention, labels)
+            loss = lm_loss
             if recipe.routing_prior > 0:
                 loss = loss + recipe.routing_prior * _prior_loss(captured, range(len(blocks)), unsafe_experts, prior_mask, unsafe)
             opt.zero_grad(set_to_none=True)
@@ -161,7 +173,7 @@ def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> T
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             opt.step()
             sched.step()
-            losses.append(out.loss.item())
+            losses.append(lm_loss.item())
             bar.set_postfix(loss=f"{losses[-1]:.3f}")
     finally:
         for h in hooks:

@@ -18,7 +18,7 @@ import re
 
 from steermoe.demo.data_files import load_table
 
-__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
+__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "topic_more", "general_answer", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
 
 _TABLE = load_table("wording")
 FRAMES: tuple[str, ...] = tuple(_TABLE["frames"])
@@ -114,3 +114,15 @@ def extra_unsafe_targets(category: str) -> list[str]:
 
 def extra_borderline_targets(group: str) -> list[str]:
     return list(_TABLE["borderline"][group]["targets"])
+
+
+def topic_more(topic: str) -> tuple[list[str], list[str]]:
+    """A safe topic's corpus-only extra vocabulary: (nouns for noun frames, tasks for verb frames)."""
+    spec = _TABLE["topic_more"][topic]
+    return list(spec["nouns"]), list(spec["tasks"])
+
+
+def general_answer(answer: str) -> str:
+    """A topic's general answer without its "For {noun}, " opening (for task prompts)."""
+    body = answer.split(", ", 1)[1] if answer.startswith("For {noun}, ") else answer
+    return body[0].upper() + body[1:]
