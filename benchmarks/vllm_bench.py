@@ -102,7 +102,7 @@ def throughput_engine(args) -> dict:
     batch's (or shard's) time kept. plain: ``sync`` (one ``llm.generate`` per batch, as vLLM's offline API runs)
     and ``stream`` (continuous batching over all the prompts: our backend's step loop, :func:`stream_generate`,
     at most ``b`` requests in the engine). routed: ``r3_sync`` (``llm.generate`` with the capture, no records;
-    ``--r3-generate``), ``ours_sync`` (``collect_routing_vllm_ids(stream=False)``: store + manifest, one generate per
+    ``--r3-generate``), ``ours_sync`` (``collect_routing_vllm_ids(stream_window=0)``: store + manifest, one generate per
     batch, the next one generated while the current is recorded) and ``ours_stream`` (the backend's default,
     continuous batching, shards of ``b / --stream-shard-div`` sequences). The engine runs ``max_num_seqs`` = the
     largest size, so below it the stream's window is ``b`` (running at most ``b``, like the sync batch); at the
@@ -147,7 +147,8 @@ def throughput_engine(args) -> dict:
     warm = random_prompts(16, args.prompt_len, vocab, seed=5)  # each code path once (imports, first calls), before any timing
     if routed:
         for stream in (False, True):
-            collect_routing_vllm_ids(ready, tok, prompt_frame(16), warm, Path(args.tmp) / f"warm-{stream}", progress=False, stream=stream,
+            collect_routing_vllm_ids(ready, tok, prompt_frame(16), warm, Path(args.tmp) / f"warm-{stream}", progress=False,
+                                     stream_window=None if stream else 0,
                                      generation=GenerationSettings(max_new_tokens=n, batch_size=16), routing=RoutingSettings(shard_sequences=8))
     else:
         stream_generate(llm, warm, params, window=16)
@@ -185,8 +186,8 @@ def throughput_engine(args) -> dict:
             for mode, stream, shard in (("ours_sync", False, b), ("ours_stream", True, max(b // args.stream_shard_div, 1))):
                 if mode not in modes:
                     continue
-                common = dict(generation=gen, routing=RoutingSettings(shard_sequences=shard), progress=False, stream=stream,
-                              stream_window=window)
+                common = dict(generation=gen, routing=RoutingSettings(shard_sequences=shard), progress=False,
+                              stream_window=window if stream else 0)
                 stamps: list[float] = []
                 t = time.perf_counter()
                 store = collect_routing_vllm_ids(ready, tok, df, prompts, Path(args.tmp) / f"store-{mode}-{b}",

@@ -730,15 +730,15 @@ def _engine_layers(engine: ReadyEngine, capture_kind: str, routing: RoutingSetti
 def collect_routing_vllm_ids(
     engine: ReadyEngine, tokenizer, prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, *,
     generation: GenerationSettings = GenerationSettings(), routing: RoutingSettings = RoutingSettings(), progress: bool = True,
-    on_shard=None, stream: bool = True, stream_window: int | None = None,
+    on_shard=None, stream_window: int | None = None,
 ):
     """Inline collection over tokenised prompts with a ready engine: store and manifest written, each shard encoded
     while the engine answers the next batch (``routing.mode`` is inline whatever it says).
 
-    routed_experts: ``stream`` (the default) feeds every planned prompt to the engine by continuous batching
-    (:class:`_Stream`, ``stream_window`` requests in the engine, default ``2 x generation.batch_size``: the engine's
-    ``max_num_seqs`` running and as many waiting, when the engine was made for this batch size) and records each batch as it
-    finishes; ``stream=False`` calls ``llm.generate`` once per batch, the next batch generated on a thread while the
+    routed_experts: by default every planned prompt goes to the engine by continuous batching (:class:`_Stream`,
+    ``stream_window`` requests in the engine, default ``2 x generation.batch_size``: the engine's ``max_num_seqs``
+    running and as many waiting, when the engine was made for this batch size) and each batch is recorded as it
+    finishes; ``stream_window=0`` calls ``llm.generate`` once per batch, the next batch generated on a thread while the
     current one is recorded (:class:`_Prefetch`). Both record the same answers with the same sampling parameters
     (sequence ``s`` samples with ``seed + s``). Hooks (CPU) always go batch by batch."""
     from steermoe.routing.collect import run_collection, store_header
@@ -750,8 +750,9 @@ def collect_routing_vllm_ids(
     norm = bool(getattr(engine.config, "norm_topk_prob", True))
     if hooks is not None:
         prefetch = None
-    elif stream:
-        prefetch = _Stream(llm, prompt_ids, lambda s: _params_for(g, g.max_new_tokens, eos, g.seed + s), window=stream_window or 2 * g.batch_size)
+    elif stream_window != 0:
+        window = stream_window or 2 * g.batch_size
+        prefetch = _Stream(llm, prompt_ids, lambda s: _params_for(g, g.max_new_tokens, eos, g.seed + s), window=window)
     else:
         prefetch = _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)))
 
