@@ -273,7 +273,7 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | No
     """Fine-tune only the selected experts (and the configured baselines, same data and budget) on
     refusals for unsafe prompts and the base model's own answers for safe ones; write the patch(es) and
     the training curve (``history.json``, one point per optimizer step)."""
-    from steermoe.finetune import FinetuneRun, build_training_examples, finetune_runs, random_selection, refusals_from_endpoint
+    from steermoe.finetune import FinetuneRun, build_training_examples, finetune_runs, random_like, refusals_from_endpoint
     from steermoe.modeling import load_pretrained
     from steermoe.prompts import to_messages
     from steermoe.selection import ExpertSelection
@@ -296,7 +296,7 @@ def finetune_stage(cfg, model_path: str, prompts_path: str, store_path: str | No
     runs = [FinetuneRun("selective", selection, out / "selected", callback=lambda step, m: history.append({"step": step, **m}))]
     for name in ft.baselines:
         if name == "random":
-            runs.append(FinetuneRun("random", random_selection(model_path, len(selection), seed=ft.seed, exclude=selection.experts, model=cfg.model), out / "random"))
+            runs.append(FinetuneRun("random", random_like(model_path, selection, ft, cfg.model), out / "random"))
         elif name == "full":
             runs.append(FinetuneRun("full", None, out / "full"))
     results = finetune_runs(model_path, runs, examples, ft, concurrent=ft.concurrent_baselines, model=cfg.model)

@@ -24,6 +24,7 @@ from steermoe.finetune.runner import (
     finetune_full,
     finetune_random,
     finetune_runs,
+    random_like,
     random_selection,
     split_heldout,
 )
@@ -45,6 +46,7 @@ __all__ = [
     "finetune_random",
     "finetune_full",
     "finetune_runs",
+    "random_like",
     "random_selection",
     "split_heldout",
 ]

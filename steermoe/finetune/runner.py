@@ -21,7 +21,7 @@ from pathlib import Path
 from steermoe.errors import InputError
 from steermoe.selection import ExpertSelection
 
-__all__ = ["FinetuneResult", "FinetuneRun", "finetune_experts", "finetune_runs", "finetune_random", "finetune_full", "random_selection", "split_heldout", "run_job"]
+__all__ = ["FinetuneResult", "FinetuneRun", "finetune_experts", "finetune_runs", "finetune_random", "finetune_full", "random_like", "random_selection", "split_heldout", "run_job"]
 
 
 @dataclass
@@ -80,8 +80,12 @@ def finetune_experts(base_path, selection: ExpertSelection, examples: Sequence, 
 
 def finetune_random(base_path, like: ExpertSelection, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True, model=None) -> FinetuneResult:
     """Baseline: as many random experts as ``like`` (disjoint from it where possible), same data and budget."""
-    selection = random_selection(base_path, len(like), seed=cfg.seed, exclude=like.experts, model=model)
-    return _finetune("random", base_path, selection, examples, cfg, out_dir, callback, heldout, progress, model)
+    return _finetune("random", base_path, random_like(base_path, like, cfg, model), examples, cfg, out_dir, callback, heldout, progress, model)
+
+
+def random_like(base_path, like: ExpertSelection, cfg, model=None) -> ExpertSelection:
+    """The random-expert baseline's experts: as many as ``like``, disjoint from it where possible, drawn with ``cfg.seed``."""
+    return random_selection(base_path, len(like), seed=cfg.seed, exclude=like.experts, model=model)
 
 
 def finetune_full(base_path, examples: Sequence, cfg, out_dir, callback: Callable | None = None, heldout: Sequence | None = None, progress: bool = True, model=None) -> FinetuneResult:
@@ -200,9 +204,7 @@ def finetune_runs(
 def _start_job(job_path: Path, threads: int) -> subprocess.Popen:
     """One job in a process of its own with ``threads`` torch threads, without the deepspeed launcher (one rank; it sets its
     own torch.distributed variables)."""
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
-    env.update(OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
+    env = {**_child_env(), "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)}
     with open(job_path.parent / "train.log", "w", encoding="utf-8") as log:
         return subprocess.Popen([sys.executable, "-m", "steermoe.finetune.launch", "--job", str(job_path)], env=env, stdout=log, stderr=subprocess.STDOUT)
 
@@ -250,11 +252,18 @@ def _hostfile_hosts(path: Path) -> list[str]:
 _DIST_ENV = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "STEERMOE_OWN_DIST_ENV")
 
 
+def _child_env() -> dict[str, str]:
+    """The environment of a training process started from here: without this process's torch.distributed variables
+    (the launcher, or the job itself, sets them), with the DeepSpeed op cache kept between runs."""
+    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}
+    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
+    return env
+
+
 def _launch(job_path: Path, cfg) -> None:
     """Start the training processes with the ``deepspeed`` launcher (one per GPU; on CPU they talk over gloo)."""
     cmd = launch_command(job_path, cfg)
-    env = {k: v for k, v in os.environ.items() if k not in _DIST_ENV}  # the launcher sets them per process
-    env.setdefault("TORCH_EXTENSIONS_DIR", str(Path.home() / ".cache" / "steermoe" / "torch_extensions"))
+    env = _child_env()
     result = subprocess.run(cmd, env=env)
     if result.returncode != 0:
         raise RuntimeError(f"deepspeed launcher failed with exit code {result.returncode}: {' '.join(cmd)}")
