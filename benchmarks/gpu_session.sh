@@ -15,6 +15,8 @@
 # The vLLM + Ray session (2026-12-02, code landed, so the repository itself travels): vx 1 .. vx 5, vx6, vx7 (each
 # carrying its .vxN), tput twice (TAG=a then TAG=b, one interleaved plain/routed pair each, carrying .gpu-raya then
 # .gpu-rayb), final (the vLLM gpu tests, then ray; .gpu-demo rides with vx 5). From the repository root: bash benchmarks/gpu_session.sh vx 1
+# Session 6 (2026-12-02): vx 1 .. vx 5, vx6, vx7, then TAG=a/b/c ROUNDS=5 MODES=stream,ours_stream tput (three
+# interleaved pairs, one per call), then decoders (static decoder + HF generate, same lease).
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)
@@ -91,6 +93,10 @@ case "$step" in
       --out "$OUT/$T" --engine-timeout "${ENGINE_TIMEOUT:-290}" > "$OUT/tput-$T.log" 2>&1; echo "tput exit $?"
     rm -f "$OUT/$T/vllm_bench.json"
     grep -a "engine up\|^\[.*\] \(plain\|routed\) [0-9]\|^|\|^engine\|pair" "$OUT/tput-$T.log" | cut -c 1-700 ;;
+  decoders)  # our static decoder and HF generate with capture at the throughput shape (the side-by-side table)
+    cd "$SRC" && PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${DEC_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections decoders \
+      --out "$OUT/d" --engine-timeout 280 --hf-batches "${HF_BATCHES:-2}" > "$OUT/decoders.log" 2>&1; echo "decoders exit $?"
+    grep -a "decoders\|Error\|error" "$OUT/decoders.log" | cut -c 1-500 ;;
   final)  # the gpu tests of the vLLM backend with the landed code, then one Ray GPU worker vs in-process
     cd "$SRC" || exit 1
     PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_vllm_gpu.py \

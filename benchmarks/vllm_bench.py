@@ -8,6 +8,7 @@ when one fails):
               ``--batches`` size, same prompts and sampling parameters; Qwen3-30B-A3B shape, dummy weights
               (``load_format="dummy"``: a folder with config.json and a word-level tokenizer only). Plain and capture need two engines (the capture is
               an engine setting): each runs in its own subprocess, one after the other.
+  decoders    our static decoder and HF generate with capture at the throughput shape (the side-by-side table).
   static      our static decoder (``routing.backend: hf_static``) at ``--static-batch``, before (repeated KV heads)
               and after (folded grouped-query SDPA), with a kernel breakdown of one eager decode step and of one
               graph replay for each.
@@ -380,6 +381,53 @@ def static(args) -> dict:
     return out
 
 
+def decoders(args) -> dict:
+    """Our own engines at the throughput section's shape and lengths, for the side-by-side table: the static decoder
+    (``routing.backend: hf_static``, default settings) at every ``--decoder-batches`` size and HF ``generate`` with
+    capture (``routing.backend: hf``) at ``--hf-batch``; each ``--static-batches`` / ``--hf-batches`` timed batches after a
+    warm-up (the static decoder's captures its graphs), store + manifest written, one model for both."""
+    import torch
+
+    from benchmarks.routing_bench import run_store, sync
+    from steermoe.generation import GenerationSettings
+    from steermoe.routing.recorder import RouterRecorder
+    from steermoe.routing.static_decode import StaticDecoder
+
+    device = args.device
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    t0 = time.perf_counter()
+    model = build(args.shape, args.static_layers, device, dtype)
+    out: dict = {"layers": model.config.num_hidden_layers, "build_s": round(time.perf_counter() - t0, 1), "engines": {}}
+    vocab = model.config.vocab_size
+    tok = word_tokenizer(vocab)
+    params = GenerationSettings(max_new_tokens=args.new_tokens)
+    runs = [("hf_static", int(b), args.static_batches) for b in args.decoder_batches.split(",") if b]
+    runs += [("hf_generate", args.hf_batch, args.hf_batches)] if args.hf_batches else []
+    with RouterRecorder(model) as rec:
+        for engine, b, n in runs:
+            dec = StaticDecoder(model, params, pad_token_id=tok.pad_token_id, eos_token_ids=[tok.eos_token_id]) if engine == "hf_static" else None
+            prompts = random_prompts(b * n, args.prompt_len, vocab, seed=b)
+            warm = random_prompts(b if dec is not None else 8, args.prompt_len, vocab, seed=7 + b)
+            warm_params = params if dec is not None else GenerationSettings(max_new_tokens=4)
+            run_store(model, tok, warm, warm_params, "inline", Path(args.tmp) / f"warm-{engine}-{b}", decoder=dec, recorder=rec, batch=len(warm))
+            sync(device)
+            t = time.perf_counter()
+            recorded, generated = run_store(model, tok, prompts, params, "inline", Path(args.tmp) / f"{engine}-{b}", decoder=dec, recorder=rec,
+                                            batch=b)
+            sync(device)
+            seconds = time.perf_counter() - t
+            row = {"batch": b, "prompts": len(prompts), "s": round(seconds, 3), "recorded_tokens": recorded, "generated_tokens": generated,
+                   "recorded_tok_s": round(recorded / seconds, 1),
+                   "plain_equivalent_tok_s": round(len(prompts) * (args.prompt_len + args.new_tokens) / seconds, 1),
+                   "graph": None if dec is None else dec.use_graph}
+            out["engines"][f"{engine}-{b}"] = row
+            log("decoders", engine, row)
+            del dec
+            if device.startswith("cuda"):
+                torch.cuda.empty_cache()
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ exactness
 def _hf_two_phase(model, tok, prompts, generated, eos, batch):
     from steermoe.routing.hf_backend import teacher_forced_batch
@@ -582,8 +630,8 @@ def patched_evaluation(args, folder: Path, tok, dtype: str | None = None) -> dic
 
 
 # ------------------------------------------------------------------------------------------------ driver
-SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "exactness": exactness, "patched": patched,
-            "combine": combine}
+SECTIONS = {"throughput": throughput, "throughput-engine": throughput_engine, "static": static, "decoders": decoders, "exactness": exactness,
+            "patched": patched, "combine": combine}
 
 
 def sub_section(args, name: str, more: list[str] | None = None, timeout: float = 600) -> dict:
@@ -647,6 +695,9 @@ def main(argv=None) -> dict:
     ap.add_argument("--static-layers", type=int, default=None)
     ap.add_argument("--static-batch", type=int, default=256)
     ap.add_argument("--static-batches", type=int, default=2)
+    ap.add_argument("--decoder-batches", default="128,256", help="Section decoders: the static decoder's batch sizes.")
+    ap.add_argument("--hf-batch", type=int, default=128, help="Section decoders: HF generate's batch size.")
+    ap.add_argument("--hf-batches", type=int, default=2, help="Section decoders: HF generate's timed batches (0: none).")
     ap.add_argument("--ex-layers", type=int, default=4)
     ap.add_argument("--ex-prompts", type=int, default=32)
     ap.add_argument("--ex-new-tokens", type=int, default=64)
@@ -701,6 +752,8 @@ def _print(results: dict) -> None:
     for name, row in results.get("static", {}).get("variants", {}).items():
         print(f"static {name}: {row.get('recorded_tok_s')} tok/s, replay {row.get('graph_replay_ms')} ms/step, "
               f"categories {row.get('graph_replay_profile', {}).get('categories_ms')}")
+    for name, row in results.get("decoders", {}).get("engines", {}).items():
+        print(f"decoders {name}: {row.get('s')} s, {row.get('recorded_tok_s')} recorded tok/s, {row.get('plain_equivalent_tok_s')} prompt+generated tok/s")
     ex = results.get("exactness", {})
     for dtype, row in ex.get("dtypes", {}).items():
         a = row.get("vllm_vs_hf_two_phase", {})

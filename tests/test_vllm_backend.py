@@ -430,10 +430,15 @@ def test_prefetch_generates_the_next_planned_batch_while_the_current_is_recorded
         events.append(("end", first))
         return [first] * len(chunk)
 
-    prefetch = _Prefetch(generate)
     ids = [[i] for i in range(5)]
+    prefetch = _Prefetch(generate, ids)
     prefetch.plan([(0, 2), (2, 4), (4, 5)])
     try:
+        deadline = time.perf_counter() + 5  # the first planned batch starts at plan(), before anyone asks for it
+        while ("end", 0) not in events and time.perf_counter() < deadline:
+            time.sleep(0.01)
+        assert ("end", 0) in events
+        prefetch.plan([(0, 2), (2, 4), (4, 5)])  # planned again (run_collection after the early plan): not restarted
         assert prefetch.outputs(ids, ids[0:2], 0) == [0, 0]
         deadline = time.perf_counter() + 5  # "recording" batch 0: batch 1 generates meanwhile, unasked
         while ("end", 2) not in events and time.perf_counter() < deadline:
@@ -447,7 +452,7 @@ def test_prefetch_generates_the_next_planned_batch_while_the_current_is_recorded
 
 
 def test_run_collection_announces_exactly_the_batches_it_runs(tmp_path):
-    from steermoe.routing.collect import run_collection
+    from steermoe.routing.collect import fresh_plan, run_collection
     from steermoe.routing.records import SequenceRouting
 
     asked, planned = [], []
@@ -462,8 +467,10 @@ def test_run_collection_announces_exactly_the_batches_it_runs(tmp_path):
     ids = [[1, 2]] * 7
     header = {"model": {"layers": [0], "num_experts": 2, "top_k": 1}}
     kw = dict(batch_size=2, shard_sequences=3, progress=False, on_plan=planned.extend)
+    early = fresh_plan(tmp_path / "s", 7, 2, 3)  # known before any header: what the vLLM backend hands its engine first
     run_collection(rows, ids, tmp_path / "s", header, run_batch, **kw)
-    assert planned == asked == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 7)]
+    assert early == planned == asked == [(0, 2), (2, 3), (3, 5), (5, 6), (6, 7)]
+    assert fresh_plan(tmp_path / "s", 7, 2, 3) is None  # a store is there: its header is checked before anything runs
     for lost in [*(tmp_path / "s").glob("shard-00001.*"), *(tmp_path / "s").glob("shard-00002.*")]:
         lost.unlink()  # resume: only the shards missing from disk are planned (and run)
     asked.clear(), planned.clear()

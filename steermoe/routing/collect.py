@@ -35,7 +35,8 @@ from steermoe.routing.records import SequenceRouting, shard_tables, trim_generat
 from steermoe.routing.store import RoutingStore, RoutingStoreWriter
 
 __all__ = [
-    "collect_routing", "run_collection", "routing_session", "RoutingSession", "RoutingSettings", "route_shard", "shard_bounds", "shard_count",
+    "collect_routing", "run_collection", "batch_plan", "fresh_plan", "routing_session", "RoutingSession", "RoutingSettings",
+    "route_shard", "shard_bounds", "shard_count",
     "store_header", "generation_header", "model_header", "tokenizer_fingerprint", "tokenize_prompts",
 ]
 
@@ -117,6 +118,23 @@ def route_shard(
     return split_on_oom(run, [list(p) for p in prompt_ids[lo:hi]], batch_size)
 
 
+def batch_plan(shards: Sequence[int], n: int, batch_size: int, shard_sequences: int) -> list[tuple[int, int]]:
+    """The ``(first_seq, stop)`` of every batch :func:`run_collection` asks for to write ``shards`` (in order) of ``n``
+    prompts: batches of ``batch_size`` that never cross a shard boundary."""
+    bounds = [shard_bounds(s, shard_sequences, n) for s in shards]
+    return [(b, min(b + batch_size, hi)) for lo, hi in bounds for b in range(lo, hi, batch_size)]
+
+
+def fresh_plan(out_dir: str | Path, n: int, batch_size: int, shard_sequences: int) -> list[tuple[int, int]] | None:
+    """The batches :func:`run_collection` will announce for ``out_dir`` when no store is there yet (no manifest: nothing
+    to resume, every shard is written), known before the store's header is built; ``None`` where a store exists (which
+    shards it holds is known only once its header has been checked)."""
+    path = Path(out_dir)
+    if path.exists() and (not path.is_dir() or (path / "manifest.json").exists()):
+        return None
+    return batch_plan(range(shard_count(n, shard_sequences)), n, batch_size, shard_sequences)
+
+
 def run_collection(
     prompts_df: pd.DataFrame, prompt_ids: Sequence[list[int]], out_dir: str | Path, header: dict, run_batch: BatchFn, *,
     batch_size: int, shard_sequences: int, progress: bool = True, on_shard: Callable[[int], None] | None = None,
@@ -143,8 +161,7 @@ def run_collection(
     started, state = time.perf_counter(), {"batch_size": batch_size, "tokens": 0}
     pending: list = []  # (shard index, future of its token count)
     if on_plan:
-        todo = [shard_bounds(s, shard_sequences, n) for s in shards if s not in done]
-        on_plan([(b, min(b + batch_size, hi)) for lo, hi in todo for b in range(lo, hi, batch_size)])
+        on_plan(batch_plan([s for s in shards if s not in done], n, batch_size, shard_sequences))
 
     def write(s: int, lo: int, hi: int, routed: list) -> int:
         sequences, table = shard_tables(lo, rows[lo:hi], routed)

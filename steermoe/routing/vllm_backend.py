@@ -395,16 +395,23 @@ class _Prefetch:
     the store writes the one before: the engine is never left idle between batches. routed_experts only (the engine
     core runs in its own process; hooks record in this one and must not overlap batches)."""
 
-    def __init__(self, generate):
+    def __init__(self, generate, prompt_ids: Sequence[Sequence[int]] | None = None):
         from concurrent.futures import ThreadPoolExecutor
 
         self._generate = generate  # (prompts, first_seq) -> outputs
+        self._prompts = prompt_ids  # given: plan() starts generating the first planned batch at once
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="vllm-generate")
         self._plan: list[tuple[int, int]] = []
         self._ahead: dict[tuple[int, int], object] = {}  # (first_seq, stop) -> future
 
     def plan(self, batches: list[tuple[int, int]]) -> None:
         self._plan = list(batches)
+        if self._prompts is not None and self._plan and self._plan[0] not in self._ahead:
+            lo, hi = self._plan[0]
+            self._ahead[self._plan[0]] = self._pool.submit(self._generate, [list(p) for p in self._prompts[lo:hi]], lo)
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        """Nothing to wait for: the first batch's ``llm.generate`` submits its requests on the worker thread."""
 
     def outputs(self, prompt_ids: Sequence[list[int]], chunk: list[list[int]], first_seq: int) -> list:
         key = (first_seq, first_seq + len(chunk))
@@ -451,6 +458,7 @@ class _Stream:
         self._error: BaseException | None = None
         self._stop = False
         self._cond = threading.Condition()
+        self._started = threading.Event()  # the first requests are in the engine (or the loop ended)
         self._tag = f"steermoe-{id(self):x}-"
         self._thread = threading.Thread(target=self._run, name="vllm-stream", daemon=True)
         self._thread.start()
@@ -460,6 +468,12 @@ class _Stream:
             for lo, hi in batches:
                 self._enqueue(range(lo, hi))
             self._cond.notify_all()
+
+    def wait_started(self, timeout: float = 10.0) -> None:
+        """Until the step loop has handed its first requests to the engine (at most ``timeout`` seconds): work the
+        caller does next in this process (building a store header: long calls that hold the GIL) then runs while the
+        engine core computes."""
+        self._started.wait(timeout)
 
     def _enqueue(self, seqs) -> None:
         for s in seqs:
@@ -477,6 +491,7 @@ class _Stream:
                     while not self._stop and self._in_flight == 0 and self._next >= len(self._order):
                         self._cond.wait()
                     if self._stop:
+                        self._started.set()
                         return
                     room = self._window - self._in_flight
                     todo = self._order[self._next : self._next + max(room, 0)]
@@ -488,6 +503,8 @@ class _Stream:
                     self._ids[rid] = s
                     engine.add_request(rid, {"prompt_token_ids": list(self._prompts[s])}, params)
                     self._in_flight += 1
+                if todo:
+                    self._started.set()
                 finished = [o for o in engine.step() if o.finished]
                 if finished:
                     with self._cond:
@@ -497,6 +514,7 @@ class _Stream:
                             self._in_flight -= 1
                         self._cond.notify_all()
         except BaseException as e:  # handed to the waiting caller
+            self._started.set()
             with self._cond:
                 self._error = e
                 self._cond.notify_all()
@@ -741,12 +759,11 @@ def collect_routing_vllm_ids(
     finishes; ``stream_window=0`` calls ``llm.generate`` once per batch, the next batch generated on a thread while the
     current one is recorded (:class:`_Prefetch`). Both record the same answers with the same sampling parameters
     (sequence ``s`` samples with ``seed + s``). Hooks (CPU) always go batch by batch."""
-    from steermoe.routing.collect import run_collection, store_header
+    from steermoe.routing.collect import fresh_plan, run_collection, store_header
 
     llm, eos, g = engine.llm, engine.eos, generation
     capture_kind = _resolve_capture(engine.capture)
     hooks, layers = _engine_layers(engine, capture_kind, routing)
-    header = store_header(engine.model_header(layers), tokenizer, prompts_df, generation_header("inline", capture_kind, g), routing)
     norm = bool(getattr(engine.config, "norm_topk_prob", True))
     if hooks is not None:
         prefetch = None
@@ -754,7 +771,7 @@ def collect_routing_vllm_ids(
         window = stream_window or 2 * g.batch_size
         prefetch = _Stream(llm, prompt_ids, lambda s: _params_for(g, g.max_new_tokens, eos, g.seed + s), window=window)
     else:
-        prefetch = _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)))
+        prefetch = _Prefetch(lambda chunk, first: _generate_for_routing(llm, chunk, eos, False, g.for_batch(first)), prompt_ids)
 
     def run_batch(chunk: list[list[int]], first_seq: int) -> list[SequenceRouting]:
         outputs = prefetch.outputs(prompt_ids, chunk, first_seq) if prefetch is not None else None
@@ -770,6 +787,15 @@ def collect_routing_vllm_ids(
         return routed
 
     try:
+        # A new store: its batches go to the engine before the header is built (the tokenizer's fingerprint hashes the
+        # whole vocabulary, 0.7 s for 152k words; the model's hashes its weight files when their stamps are new), so the engine
+        # computes meanwhile.
+        # Resuming a store checks its header first; run_collection then plans the missing shards (planning is idempotent).
+        early = fresh_plan(out_dir, len(prompts_df), g.batch_size, routing.shard_sequences) if prefetch is not None else None
+        if early:
+            prefetch.plan(early)
+            prefetch.wait_started()
+        header = store_header(engine.model_header(layers), tokenizer, prompts_df, generation_header("inline", capture_kind, g), routing)
         return run_collection(
             prompts_df, prompt_ids, out_dir, header, run_batch, batch_size=g.batch_size, shard_sequences=routing.shard_sequences,
             progress=progress, on_shard=on_shard, on_plan=prefetch.plan if prefetch is not None else None,
