@@ -247,14 +247,19 @@ def test_bad_data_stops_the_flow_before_any_model_is_loaded(world, first_run):
     assert len(tracking._client(uri).search_model_versions(f"name = '{MODEL}'")) == versions_before
 
 
-def steermoe_cli(world, *args):
+def steermoe_cli(world, *args, temporary_api=True):
     import os
     import subprocess
     import sys
 
-    # A process of its own: Prefect's temporary API, the same result store (under the cache dir).
+    from prefect.settings import PREFECT_API_URL
+
+    # A process of its own: Prefect's temporary API (a server start, ~15 s on two cores), or with
+    # temporary_api=False this module's test server; the same result store (under the cache dir).
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_API")}
     env["PREFECT_HOME"] = str(world.root / "prefect-home")
+    if not temporary_api:
+        env["PREFECT_API_URL"] = PREFECT_API_URL.value()
     return subprocess.run([sys.executable, "-m", "steermoe", *args], capture_output=True, text=True, env=env, timeout=600)
 
 
@@ -280,7 +285,8 @@ def test_cli_run_reuses_every_stage_and_prints_the_summary(world, first_run):
 
 def test_cli_run_on_bad_data_exits_1_with_one_line(world, first_run):
     bad = write_prompts(world.root / "prompts-bad-cli.jsonl", bad_label=True)
-    out = steermoe_cli(world, "run", "--config", str(config_file(world, world.root / "bad.yaml", prompts=bad)))
+    # On the module's Prefect server: the temporary API's start-up is covered by the test above.
+    out = steermoe_cli(world, "run", "--config", str(config_file(world, world.root / "bad.yaml", prompts=bad)), temporary_api=False)
     assert out.returncode == 1
     assert "validation FAILED" in out.stderr and "label_in_set" in out.stderr
     assert "Traceback" not in out.stderr.split("error:")[-1]
