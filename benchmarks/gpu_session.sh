@@ -17,6 +17,8 @@
 # .gpu-rayb), final (the vLLM gpu tests, then ray; .gpu-demo rides with vx 5). From the repository root: bash benchmarks/gpu_session.sh vx 1
 # Session 6 (2026-12-02): vx 1 .. vx 5, vx6, vx7, then TAG=a/b/c ROUNDS=5 MODES=stream,ours_stream tput (three
 # interleaved pairs, one per call), then decoders (static decoder + HF generate, same lease).
+# Session 7 (2026-12-02): vx 1 .. vx 5, vx6, then `vx7 && tests` in one call, then TAG=a/b TRACE=1 ROUNDS=6
+# MODES=stream,ours_stream tput (two traced pairs: engine steps, GC pauses, clocks).
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)
@@ -87,21 +89,33 @@ case "$step" in
     # (ORDER=plain,routed; a second call right after makes the second pair, vLLM's compile cache warm); a carried
     # ray part (.gpu-raya or .gpu-rayb) is set aside for the `ray` step.
     mkdir -p /tmp/raywhl && cp "$ROOT"/.gpu-raya/* "$ROOT"/.gpu-rayb/* /tmp/raywhl/ 2>/dev/null; ls /tmp/raywhl 2>/dev/null | tr '\n' ' '
-    T=${TAG:-a}
-    cd "$SRC" && PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TPUT_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections throughput \
-      --order "${ORDER:-plain,routed}" --rounds "${ROUNDS:-6}" --modes "${MODES:-sync,stream,ours_sync,ours_stream}" \
+    # TRACE=1: every engine step timed (--trace), garbage collections of 20 ms or more in every process (driver and
+    # engine core: benchmarks/trace_site) and the card's clocks and power every 200 ms, to find what stalls a batch.
+    T=${TAG:-a}; trace=(); site_path=$SRC:/tmp/vsite
+    if [ -n "${TRACE:-}" ]; then
+      trace=(--trace); site_path=$SRC/benchmarks/trace_site:$site_path; export STEERMOE_GC_TRACE=$S/gc-$T
+      nvidia-smi --query-gpu=timestamp,clocks.sm,clocks.mem,power.draw,temperature.gpu,utilization.gpu --format=csv,noheader -lms 200 \
+        > "$OUT/smi-$T.csv" 2>&1 & smi=$!
+    fi
+    cd "$SRC" && PYTHONPATH=$site_path timeout -k 10 "${TPUT_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections throughput \
+      --order "${ORDER:-plain,routed}" --rounds "${ROUNDS:-6}" --modes "${MODES:-sync,stream,ours_sync,ours_stream}" "${trace[@]}" \
       --out "$OUT/$T" --engine-timeout "${ENGINE_TIMEOUT:-290}" > "$OUT/tput-$T.log" 2>&1; echo "tput exit $?"
     rm -f "$OUT/$T/vllm_bench.json"
+    if [ -n "${TRACE:-}" ]; then
+      kill "$smi" 2>/dev/null; cat "$S/gc-$T"/gc-*.txt 2>/dev/null | sort > "$OUT/gc-$T.txt"
+      echo "gc pauses >= 20 ms: $(wc -l < "$OUT/gc-$T.txt"), longest: $(sort -k4 -n -r "$OUT/gc-$T.txt" | head -n 3 | tr '\n' ';')"
+    fi
     grep -a "engine up\|^\[.*\] \(plain\|routed\) [0-9]\|^|\|^engine\|pair" "$OUT/tput-$T.log" | cut -c 1-700 ;;
   decoders)  # our static decoder and HF generate with capture at the throughput shape (the side-by-side table)
     cd "$SRC" && PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${DEC_TIMEOUT:-570}" python3 benchmarks/vllm_bench.py all --sections decoders \
       --out "$OUT/d" --engine-timeout 280 --hf-batches "${HF_BATCHES:-2}" > "$OUT/decoders.log" 2>&1; echo "decoders exit $?"
     grep -a "decoders\|Error\|error" "$OUT/decoders.log" | cut -c 1-500 ;;
-  final)  # the gpu tests of the vLLM backend with the landed code, then one Ray GPU worker vs in-process
+  tests)  # the gpu tests of the vLLM backend with the landed code
     cd "$SRC" || exit 1
     PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 "${TEST_TIMEOUT:-240}" python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_vllm_gpu.py \
-      > "$OUT/vllm-tests.log" 2>&1; echo "vllm gpu tests exit $?"; grep -a "passed\|failed\|assert\|Error" "$OUT/vllm-tests.log" | tail -n 8 | cut -c 1-400
-    cd "$ROOT" && bash "$SRC/benchmarks/gpu_session.sh" ray ;;
+      > "$OUT/vllm-tests.log" 2>&1; echo "vllm gpu tests exit $?"; grep -a "passed\|failed\|assert\|Error" "$OUT/vllm-tests.log" | tail -n 8 | cut -c 1-400 ;;
+  final)  # the gpu tests, then one Ray GPU worker vs in-process
+    bash "$SRC/benchmarks/gpu_session.sh" tests; cd "$ROOT" && bash "$SRC/benchmarks/gpu_session.sh" ray ;;
   patched)  # the gpu tests of the vLLM backend (patched evaluation bar 0.3), the fp32 patched evaluation, then Ray
     cd "$SRC" || exit 1
     PYTHONPATH=$SRC:/tmp/vsite timeout -k 10 220 python3 -m pytest -q -m gpu -p no:cacheprovider tests/test_vllm_gpu.py \

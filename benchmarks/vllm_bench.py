@@ -96,6 +96,34 @@ def _intervals(start: float, stamps: list[float]) -> list[float]:
     return [round(b - a, 4) for a, b in zip([start, *stamps[:-1]], stamps)]
 
 
+class StepTrace:
+    """Every ``llm_engine.step()`` call's duration, for finding stalls (``--trace``): plain and ours both drive the
+    engine through ``step()`` (``stream_generate`` / the backend's ``_Stream``), so one wrapper times both the same way.
+    :meth:`take` returns the calls since the last take: how many, their median, and those over ``slow_s`` with their
+    start (seconds since the take before) and how many outputs they returned."""
+
+    def __init__(self, engine, slow_s: float = 0.25):
+        self.slow_s, self._calls, self._t0 = slow_s, [], time.perf_counter()
+        step = engine.step
+
+        def timed(*a, **k):
+            t = time.perf_counter()
+            out = step(*a, **k)
+            self._calls.append((t, time.perf_counter() - t, len(out)))
+            return out
+
+        engine.step = timed
+
+    def take(self) -> dict:
+        calls, t0 = self._calls, self._t0
+        self._calls, self._t0 = [], time.perf_counter()
+        if not calls:
+            return {}
+        d = np.asarray([c[1] for c in calls])
+        slow = [{"at_s": round(t - t0, 3), "s": round(s, 3), "outputs": n} for t, s, n in calls if s > self.slow_s]
+        return {"steps": len(calls), "median_ms": round(float(np.median(d)) * 1e3, 2), "sum_s": round(float(d.sum()), 3), "slow": slow}
+
+
 def throughput_engine(args) -> dict:
     """One engine (``--kind plain`` or ``routed``), every batch size, every mode; run in its own process.
 
@@ -138,6 +166,7 @@ def throughput_engine(args) -> dict:
     llm = make_llm(folder, settings, args.prompt_len + args.new_tokens + 8)
     startup = time.perf_counter() - t0
     log(f"{args.kind} engine up in {startup:.1f}s")
+    trace = StepTrace(llm.llm_engine) if args.trace else None
     eos = {tok.eos_token_id}
     n = args.new_tokens
     modes = args.modes.split(",")
@@ -161,26 +190,35 @@ def throughput_engine(args) -> dict:
         _generate(llm, random_prompts(b, args.prompt_len, vocab, seed=7 + b), params)  # warm-up: a full batch
         if not routed:
             if "sync" in modes:
+                _ = trace and trace.take()  # the steps before this mode's timing (warm-ups) are not its own
                 stamps, t = [], time.perf_counter()
                 outs = []
                 for i in range(0, len(prompts), b):
                     outs += _generate(llm, prompts[i : i + b], params)
                     stamps.append(time.perf_counter())
                 row["sync"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                if trace:
+                    row["sync"]["steps"] = trace.take()
                 row["generated_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
             if "stream" in modes:
+                _ = trace and trace.take()  # the steps before this mode's timing (warm-ups) are not its own
                 stamps, t = [], time.perf_counter()
                 outs = stream_generate(llm, prompts, params, window=window, batch=b, on_batch=lambda lo, o, st=stamps: st.append(time.perf_counter()))
                 row["stream"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                if trace:
+                    row["stream"]["steps"] = trace.take()
                 row["generated_tokens"] = sum(len(o.outputs[0].token_ids) for o in outs)
         else:
             if "r3_sync" in modes:
+                _ = trace and trace.take()  # the steps before this mode's timing (warm-ups) are not its own
                 stamps, t = [], time.perf_counter()
                 outs = []
                 for i in range(0, len(prompts), b):
                     outs += _generate(llm, prompts[i : i + b], params)
                     stamps.append(time.perf_counter())
                 row["r3_sync"] = {"s": round(stamps[-1] - t, 3), "batch_s": _intervals(t, stamps)}
+                if trace:
+                    row["r3_sync"]["steps"] = trace.take()
                 row["routed_experts_shape"] = sorted({str(np.asarray(o.outputs[0].routed_experts).shape) for o in outs[:4]})
             df = prompt_frame(len(prompts))
             gen = GenerationSettings(max_new_tokens=n, batch_size=b)
@@ -190,6 +228,7 @@ def throughput_engine(args) -> dict:
                 common = dict(generation=gen, routing=RoutingSettings(shard_sequences=shard), progress=False,
                               stream_window=window if stream else 0)
                 stamps: list[float] = []
+                _ = trace and trace.take()
                 t = time.perf_counter()
                 store = collect_routing_vllm_ids(ready, tok, df, prompts, Path(args.tmp) / f"store-{mode}-{b}",
                                                  on_shard=lambda s, st=stamps: st.append(time.perf_counter()), **common)
@@ -199,13 +238,15 @@ def throughput_engine(args) -> dict:
                 row[mode] = {"s": round(seconds, 3), "shard_sequences": shard, "shard_s": _intervals(t, stamps),
                              "recorded_tokens": recorded, "recorded_tok_s": round(recorded / seconds, 1), "store_complete": store.complete}
                 row["generated_tokens"] = counts["generated_tokens"]
+                if trace:
+                    row[mode]["steps"] = trace.take()
         for mode in ("sync", "stream", "r3_sync", "ours_sync", "ours_stream"):
             if mode in row:
                 row[mode]["plain_equivalent_tok_s"] = round(plain_tokens / row[mode]["s"], 1)
                 per = row[mode].get("batch_s") or row[mode].get("shard_s")
                 row[mode]["spread"] = _spread(per)
         out["batches"][b] = row
-        log(args.kind, b, {k: ({kk: vv for kk, vv in v.items() if kk not in ("batch_s", "shard_s")} if isinstance(v, dict) else v)
+        log(args.kind, b, {k: ({kk: vv for kk, vv in v.items() if kk not in ("batch_s", "shard_s", "steps")} if isinstance(v, dict) else v)
                            for k, v in row.items()})
     return out
 
@@ -688,6 +729,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--stream-shard-div", type=int, default=4, help="Throughput ours_stream: shards of batch / this sequences.")
     ap.add_argument("--inputs", default=None, help="Section combine: throughput.json files, comma-separated, in run order.")
     ap.add_argument("--rounds", type=int, default=6, help="Throughput: batches per size and mode.")
+    ap.add_argument("--trace", action="store_true", help="Throughput: time every engine step (stalls: StepTrace).")
     ap.add_argument("--eager", action="store_true", help="Throughput engines without CUDA graphs / compile (CPU smoke).")
     ap.add_argument("--gpu-memory-utilization", type=float, default=0.9)
     ap.add_argument("--capture-sizes", default="1,2,4,8,16,32,64,128,256,512", help="CUDA-graph batch sizes ('' : vLLM's default).")
