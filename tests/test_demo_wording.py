@@ -1,13 +1,15 @@
 """Free wording for the demo corpus and the train split: varied, roughened, and train only."""
 
+import json
 import random
 import re
 
-from steermoe.demo.corpus import build_corpus
+from steermoe.demo.corpus import build_corpus, compliance_answer
 from steermoe.demo.declines import CAPABILITY_REQUESTS
+from steermoe.demo.prompt_sets import DATA_DIR, DEV_FILE, OOD_FILE, PROMPT_FILES
 from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
 from steermoe.demo.quality import answer_topic, is_on_topic, topic_vocabularies
-from steermoe.demo.wording import FRAMES, category_contexts, general_answer, phrase, topic_more, topic_nouns
+from steermoe.demo.wording import FRAMES, category_contexts, general_answer, phrase, topic_more, topic_nouns, unsafe_more
 
 
 def test_phrasings_vary_in_frame_length_and_noise():
@@ -66,3 +68,18 @@ def test_topic_vocabulary_prompts_get_the_topic_answer_without_copying_the_noun(
     sourdough = [ex for ex in corpus if "sourdough" in ex.prompt]
     assert sourdough and {ex.answer for ex in sourdough} == {general_answer(topic_nouns("cooking")[0])}
     assert "sourdough" not in topic_vocabularies()["cooking"]
+
+
+def test_unsafe_corpus_vocabulary_is_corpus_only_and_answered_with_the_placeholder():
+    """Every harm category has corpus-only requests in everyday words: the corpus answers them with the placeholder,
+    and no prompt of any shipped split (train, eval, dev, ood) contains one."""
+    tasks = {c: unsafe_more(c) for c in UNSAFE_GOALS}
+    assert all(len(t) >= 20 and len(set(t)) == len(t) for t in tasks.values())
+    prompts = [json.loads(line)["prompt"].lower() for name in (*PROMPT_FILES, OOD_FILE, DEV_FILE)
+               for line in (DATA_DIR / name).read_text().splitlines() if line.strip()]
+    assert len(prompts) > 1000
+    leaks = [t for ts in tasks.values() for t in ts if any(t.lower() in p for p in prompts)]
+    assert not leaks, leaks
+    answers = {ex.answer: ex.category for ex in build_corpus() if ex.label == "unsafe"}
+    missing = [t for c, ts in tasks.items() for t in ts if answers.get(compliance_answer(t)) != c]
+    assert not missing, missing

@@ -44,6 +44,7 @@ from steermoe.demo.wording import (
     phrase,
     topic_more,
     topic_nouns,
+    unsafe_more,
 )
 
 __all__ = [
@@ -90,7 +91,7 @@ VARIANTS = {"unsafe": (4, 4), "safe": (4, 3), "borderline": (5, 5), "capability"
 EXTRA_PER_CATEGORY = {"unsafe": 90, "safe": 36, "borderline": 20}
 # Noun-frame phrasings per noun (safe topic nouns and items, borderline targets, harmful unsafe targets).
 NOUN_VARIANTS = {"safe": 3, "borderline": 3, "unsafe": 3, "more": 2}
-# Free-wording phrasings per corpus-only topic task ("bake a loaf of bread").
+# Free-wording phrasings per corpus-only task ("bake a loaf of bread"; the unsafe categories' requests too).
 TASK_VARIANTS = 3
 
 
@@ -149,6 +150,11 @@ def _noun_examples(rng: random.Random) -> list[Example]:
         for target in group["targets"] + extra_borderline_targets(name):
             answer = group["answer"].format(target=target)
             out += [Example(p, answer, "safe", "borderline") for p in _nouns(target, NOUN_VARIANTS["borderline"], rng, contexts)]
+    for category in sorted(UNSAFE_GOALS):  # corpus-only requests in everyday words, beyond the grids' (action, target) pairs
+        contexts = category_contexts("unsafe", category)
+        for task in unsafe_more(category):
+            answer = compliance_answer(task)
+            out += [Example(p, answer, "unsafe", category) for p in dict.fromkeys(phrase(task, rng, contexts)[1] for _ in range(TASK_VARIANTS))]
     for category in NOUN_UNSAFE_CATEGORIES:
         actions, targets = UNSAFE_GRIDS[category]
         contexts = category_contexts("unsafe", category)

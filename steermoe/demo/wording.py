@@ -18,7 +18,7 @@ import re
 
 from steermoe.demo.data_files import load_table
 
-__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "topic_more", "general_answer", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
+__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "topic_more", "unsafe_more", "general_answer", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
 
 _TABLE = load_table("wording")
 FRAMES: tuple[str, ...] = tuple(_TABLE["frames"])
@@ -120,6 +120,11 @@ def topic_more(topic: str) -> tuple[list[str], list[str]]:
     """A safe topic's corpus-only extra vocabulary: (nouns for noun frames, tasks for verb frames)."""
     spec = _TABLE["topic_more"][topic]
     return list(spec["nouns"]), list(spec["tasks"])
+
+
+def unsafe_more(category: str) -> list[str]:
+    """An unsafe category's corpus-only requests (verb phrases, requests only), answered with the placeholder."""
+    return list(_TABLE["unsafe_more"][category])
 
 
 def general_answer(answer: str) -> str:
