@@ -46,12 +46,7 @@ BatchFn = Callable[[list[list[int]], int], list[SequenceRouting]]
 
 def tokenizer_fingerprint(tokenizer) -> dict:
     vocab = sorted(tokenizer.get_vocab().items())
-    # The digest of json.dumps(vocab), written in chunks: one dumps of a 150k-piece vocabulary holds the GIL for
-    # ~0.3 s, and the vLLM backend builds this header while its step-loop thread feeds the engine (same bytes).
-    digest = hashlib.sha256(b"[")
-    for i in range(0, len(vocab), 4096):
-        digest.update(((", " if i else "") + json.dumps(vocab[i : i + 4096])[1:-1]).encode())
-    digest.update(b"]")
+    digest = hashlib.sha256(json.dumps(vocab).encode())
     digest.update((getattr(tokenizer, "chat_template", None) or "").encode())
     return {"name_or_path": str(getattr(tokenizer, "name_or_path", "")), "fingerprint": digest.hexdigest()[:16]}
 
