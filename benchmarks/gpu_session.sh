@@ -18,7 +18,8 @@
 # Session 6 (2026-12-02): vx 1 .. vx 5, vx6, vx7, then TAG=a/b/c ROUNDS=5 MODES=stream,ours_stream tput (three
 # interleaved pairs, one per call), then decoders (static decoder + HF generate, same lease).
 # Session 7 (2026-12-02): vx 1 .. vx 5, vx6, then `vx7 && tests` in one call, then TAG=a/b TRACE=1 ROUNDS=6
-# MODES=stream,ours_stream tput (two traced pairs: engine steps, GC pauses, clocks).
+# MODES=stream,ours_stream tput (two traced pairs: engine steps, GC pauses, clocks); pair C on a fresh machine:
+# vx 1 .. vx 5, vx6, then `vx7 && TAG=c TRACE=1 ... TPUT_TIMEOUT=520 tput` in one call.
 set -o pipefail
 step=${1:?usage: gpu_session.sh STEP [N]}
 ROOT=$(pwd)

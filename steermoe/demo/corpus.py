@@ -130,7 +130,8 @@ def _nouns(noun: str, n: int, rng: random.Random, contexts: tuple[str, ...]) -> 
 
 def _noun_examples(rng: random.Random) -> list[Example]:
     """Questions about a thing ("Any tips on pasta?", "How do I choose a guitar?"): safe topics' nouns and items with the topic's general
-    answer, borderline targets with their group's answer, harmful-on-their-own unsafe targets with the placeholder."""
+    answer, borderline targets with their group's answer, harmful-on-their-own unsafe targets with the placeholder; and the
+    corpus-only tasks (safe topics' ``topic_more``, harm categories' ``unsafe_more``) with the same answers."""
     out = []
     for topic, spec in sorted(SAFE_GRIDS.items()):
         answer, nouns = topic_nouns(topic)
