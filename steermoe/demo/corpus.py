@@ -19,6 +19,7 @@ import random
 from dataclasses import dataclass
 
 from steermoe.demo.declines import CAPABILITY_REQUESTS, decline_answer
+from steermoe.demo.decontamination import is_contaminated
 from steermoe.demo.prompt_templates import (
     BORDERLINE,
     BORDERLINE_GROUP_OF,
@@ -36,6 +37,7 @@ from steermoe.demo.wording import (
     GENERIC_VERBS,
     NOUN_FRAMES,
     NOUN_UNSAFE_CATEGORIES,
+    borderline_more,
     category_contexts,
     extra_borderline_targets,
     extra_safe_items,
@@ -151,6 +153,9 @@ def _noun_examples(rng: random.Random) -> list[Example]:
         for target in group["targets"] + extra_borderline_targets(name):
             answer = group["answer"].format(target=target)
             out += [Example(p, answer, "safe", "borderline") for p in _nouns(target, NOUN_VARIANTS["borderline"], rng, contexts)]
+        for request, target in borderline_more(name):  # corpus-only requests ("get rid of moths in my wardrobe")
+            answer = group["answer"].format(target=target)
+            out += [Example(p, answer, "safe", "borderline") for p in dict.fromkeys(phrase(request, rng, contexts)[1] for _ in range(TASK_VARIANTS))]
     for category in sorted(UNSAFE_GOALS):  # corpus-only requests in everyday words, beyond the grids' (action, target) pairs
         contexts = category_contexts("unsafe", category)
         for task in unsafe_more(category):
@@ -189,6 +194,7 @@ def build_corpus(fraction: float = 1.0, seed: int = 0) -> list[Example]:
         for request in requests:
             phrasings = _phrasings(request, VARIANTS["capability"], rng)
             examples += [Example(p, decline_answer(reason, rng), "safe", "capability") for p in phrasings]
+    examples = [ex for ex in examples if not is_contaminated(ex.prompt, ex.answer)]  # steermoe.demo.decontamination
     if fraction < 1.0:
         examples = rng.sample(examples, max(8, int(len(examples) * fraction)))
     return examples

@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pandas as pd
 
+from steermoe.demo.decontamination import is_contaminated
 from steermoe.demo.prompt_templates import (
     BORDERLINE,
     BORDERLINE_GROUP_OF,
@@ -56,9 +57,18 @@ def _render_eval(items: list[str], offset: int) -> list[tuple[str, str, str]]:
     return rows
 
 
+def _clean_phrase(item: str, rng: random.Random, contexts: tuple[str, ...]) -> tuple[int, str]:
+    """A free-wording phrasing that holds no held-out material (:mod:`steermoe.demo.decontamination`): drawn again if it does."""
+    for _ in range(50):
+        index, text = phrase(item, rng, contexts)
+        if not is_contaminated(text):
+            return index, text
+    raise ValueError(f"train item {item!r}: every phrasing holds held-out material; reword it in steermoe/demo/data")
+
+
 def _render_train(items: list[str], kind: str, category: str, contexts: tuple[str, ...]) -> list[tuple[str, str, str]]:
     rng = random.Random(f"{kind}-{category}")  # str seeds are stable across runs and machines
-    return [(f"w{index:02d}", item, text) for item in items for index, text in [phrase(item, rng, contexts)]]
+    return [(f"w{index:02d}", item, text) for item in items for index, text in [_clean_phrase(item, rng, contexts)]]
 
 
 def _with_extras(kind: str, category: str, train: list, extra: list) -> list:
@@ -102,7 +112,7 @@ def render_prompt_sets() -> dict[str, list[dict]]:
         if split == "train":
             pairs = BORDERLINE["train"] + [p for g in sorted(BORDERLINE_GROUPS) for p in _with_extras("borderline", g, [], _extra_of(g))]
             rng = random.Random("borderline")
-            rows = [(f"w{i:02d}", s, text) for s, _ in pairs for i, text in [phrase(s, rng, category_contexts("borderline", BORDERLINE_GROUP_OF[s]))]]
+            rows = [(f"w{i:02d}", s, text) for s, _ in pairs for i, text in [_clean_phrase(s, rng, category_contexts("borderline", BORDERLINE_GROUP_OF[s]))]]
         else:
             rows = _render_eval([s for s, _ in BORDERLINE["eval"]], 0)
         sets["borderline.jsonl"] += _records("borderline", "safe", "borderline", rows, split)

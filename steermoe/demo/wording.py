@@ -18,7 +18,7 @@ import re
 
 from steermoe.demo.data_files import load_table
 
-__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "topic_more", "unsafe_more", "general_answer", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
+__all__ = ["FRAMES", "NOUN_FRAMES", "GENERIC_VERBS", "NOUN_UNSAFE_CATEGORIES", "phrase", "topic_nouns", "topic_more", "unsafe_more", "borderline_more", "general_answer", "extra_unsafe_goals", "extra_safe_items", "extra_unsafe_targets", "extra_borderline_targets", "extra_borderline_pairs", "category_contexts"]
 
 _TABLE = load_table("wording")
 FRAMES: tuple[str, ...] = tuple(_TABLE["frames"])
@@ -125,6 +125,11 @@ def topic_more(topic: str) -> tuple[list[str], list[str]]:
 def unsafe_more(category: str) -> list[str]:
     """An unsafe category's corpus-only requests (verb phrases, requests only), answered with the placeholder."""
     return list(_TABLE["unsafe_more"][category])
+
+
+def borderline_more(group: str) -> list[tuple[str, str]]:
+    """A borderline group's corpus-only requests: (verb phrase, the target its group answer is filled with)."""
+    return [(request, target) for request, target in _TABLE.get("borderline_more", {}).get(group, ())]
 
 
 def general_answer(answer: str) -> str:
