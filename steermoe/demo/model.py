@@ -53,12 +53,11 @@ def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, prog
     pad_id, eos_id = tok.token_to_id(PAD), tok.token_to_id(IM_END)
     encoded = encode_examples(examples, tok, recipe.max_length)
 
-    # Seeded init and deterministic kernels: same recipe + machine -> the same bytes.
-    # One thread: results do not depend on the core count, and a shared, busy machine does not
-    # stall on OpenMP threads waiting for each other (tiny matrices gain little from two).
+    # Seeded init, deterministic kernels and the recipe's own thread count: same recipe + machine -> the same
+    # bytes, whatever the machine's core count (the threads are part of the recipe, so of its cache key).
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
-    torch.set_num_threads(1)
+    torch.set_num_threads(recipe.build_threads)
     try:
         torch.manual_seed(recipe.seed)
         config = model_config(recipe, tok.get_vocab_size(), pad_id, eos_id)

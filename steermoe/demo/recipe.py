@@ -9,7 +9,7 @@ from dataclasses import asdict, dataclass, replace
 __all__ = ["DEMO_SHAPE", "DEMO_ARCHS", "DEMO_SIZES", "DemoRecipe"]
 
 # Bump when the builder changes what a recipe produces (the cache key includes it).
-BUILDER_VERSION = 4
+BUILDER_VERSION = 5
 
 DEMO_ARCHS = ("qwen3_moe", "olmoe", "mixtral")
 DEMO_SIZES = ("full", "small", "tiny")
@@ -37,9 +37,9 @@ class DemoRecipe:
     head_dim: int = 32
     vocab_size: int = 4096
     max_length: int = 88
-    # 600 steps of 32 at a peak of 5e-3 fit the build budget (about 200 s on one idle thread); at 3e-3 the same
-    # budget left free-wording safe questions mostly answered off topic (dev split).
-    steps: int = 600
+    # 1,200 steps of 32 (about two passes over the corpus) at a peak of 5e-3: about 200 s on two idle threads. On the
+    # dev split 600 steps answered safe questions on topic 55% of the time, 1,200 steps 73%; 1,500 gained nothing.
+    steps: int = 1200
     batch_size: int = 32
     learning_rate: float = 5e-3
     warmup_steps: int = 20
@@ -48,6 +48,9 @@ class DemoRecipe:
     unsafe_experts_per_layer: int = 2
     corpus_fraction: float = 1.0
     seed: int = 0
+    # Training threads (fixed, not the machine's count, so the bytes do not depend on it): two cut a step of the
+    # full model from 0.23 s to 0.17 s on an idle two-core machine; the small and tiny models gain nothing.
+    build_threads: int = 2
 
     @classmethod
     def tiny(cls, arch: str = "qwen3_moe") -> DemoRecipe:
@@ -55,6 +58,7 @@ class DemoRecipe:
         return cls(
             arch=arch, hidden_size=32, expert_intermediate_size=32, num_heads=2, num_kv_heads=1, head_dim=16,
             vocab_size=400, max_length=48, steps=12, batch_size=8, learning_rate=3e-3, warmup_steps=2, corpus_fraction=0.1,
+            build_threads=1,
         )
 
     @classmethod
@@ -64,6 +68,7 @@ class DemoRecipe:
         return cls(
             arch=arch, hidden_size=64, expert_intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
             vocab_size=1024, max_length=64, steps=400, batch_size=16, learning_rate=3e-3, warmup_steps=10, corpus_fraction=0.5,
+            build_threads=1,
         )
 
     @classmethod
