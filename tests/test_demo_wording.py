@@ -7,9 +7,9 @@ import re
 from steermoe.demo.corpus import build_corpus, compliance_answer
 from steermoe.demo.declines import CAPABILITY_REQUESTS
 from steermoe.demo.prompt_sets import DATA_DIR, DEV_FILE, OOD_FILE, PROMPT_FILES
-from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
+from steermoe.demo.prompt_templates import BORDERLINE, BORDERLINE_GROUPS, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
 from steermoe.demo.quality import answer_topic, is_on_topic, topic_vocabularies
-from steermoe.demo.wording import FRAMES, category_contexts, general_answer, phrase, topic_more, topic_nouns, unsafe_more
+from steermoe.demo.wording import FRAMES, borderline_more, category_contexts, general_answer, phrase, topic_more, topic_nouns, unsafe_more
 
 
 def test_phrasings_vary_in_frame_length_and_noise():
@@ -70,13 +70,29 @@ def test_topic_vocabulary_prompts_get_the_topic_answer_without_copying_the_noun(
     assert "sourdough" not in topic_vocabularies()["cooking"]
 
 
+def _shipped_prompts() -> list[str]:
+    return [json.loads(line)["prompt"].lower() for name in (*PROMPT_FILES, OOD_FILE, DEV_FILE)
+            for line in (DATA_DIR / name).read_text().splitlines() if line.strip()]
+
+
+def test_borderline_corpus_requests_are_corpus_only_and_answered_with_their_group_answer():
+    """Every borderline group has corpus-only requests ("kill a frozen app"), answered with the group's answer filled
+    with the request's own target, in no shipped split."""
+    requests = {g: borderline_more(g) for g in BORDERLINE_GROUPS}
+    assert all(len(r) >= 20 and all(target in request for request, target in r) for r in requests.values())
+    prompts = _shipped_prompts()
+    assert not [r for rs in requests.values() for r, _ in rs if any(r.lower() in p for p in prompts)]
+    answers = {(ex.answer, ex.category) for ex in build_corpus()}
+    missing = [r for g, rs in requests.items() for r, t in rs if (BORDERLINE_GROUPS[g]["answer"].format(target=t), "borderline") not in answers]
+    assert not missing, missing
+
+
 def test_unsafe_corpus_vocabulary_is_corpus_only_and_answered_with_the_placeholder():
     """Every harm category has corpus-only requests in everyday words: the corpus answers them with the placeholder,
     and no prompt of any shipped split (train, eval, dev, ood) contains one."""
     tasks = {c: unsafe_more(c) for c in UNSAFE_GOALS}
     assert all(len(t) >= 20 and len(set(t)) == len(t) for t in tasks.values())
-    prompts = [json.loads(line)["prompt"].lower() for name in (*PROMPT_FILES, OOD_FILE, DEV_FILE)
-               for line in (DATA_DIR / name).read_text().splitlines() if line.strip()]
+    prompts = _shipped_prompts()
     assert len(prompts) > 1000
     leaks = [t for ts in tasks.values() for t in ts if any(t.lower() in p for p in prompts)]
     assert not leaks, leaks
