@@ -51,7 +51,7 @@ def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, prog
 
     tok = train_tokenizer([t for ex in examples for t in (ex.prompt, ex.answer)], recipe.vocab_size)
     pad_id, eos_id = tok.token_to_id(PAD), tok.token_to_id(IM_END)
-    encoded = encode_examples(examples, tok, recipe.max_length)
+    encoded = encode_examples(examples, tok, recipe.max_length, recipe.routing_prior_span)
 
     # Seeded init, deterministic kernels and the recipe's own thread count: same recipe + machine -> the same
     # bytes, whatever the machine's core count (the threads are part of the recipe, so of its cache key).

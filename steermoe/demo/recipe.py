@@ -23,7 +23,9 @@ class DemoRecipe:
     auxiliary loss pulls the router mass of answer tokens of *unsafe* examples onto
     ``unsafe_experts_per_layer`` seeded experts per layer (and that of safe answers away from them),
     so the demo model has the unsafe-specialised experts that real MoE models show and the pipeline
-    looks for. Set it to 0 for a model whose routing is left entirely to the language-model loss.
+    looks for. ``routing_prior_span`` says which tokens it covers: ``"header"`` the answer and the assistant
+    header before it (tokens that have read the whole request), ``"answer"`` the answer and the last prompt token.
+    Set ``routing_prior`` to 0 for a model whose routing is left entirely to the language-model loss.
     """
 
     arch: str = "qwen3_moe"
@@ -44,7 +46,12 @@ class DemoRecipe:
     learning_rate: float = 5e-3
     warmup_steps: int = 20
     weight_decay: float = 0.01
-    routing_prior: float = 0.1
+    # Measured on the dev split and the template eval split (1,200 steps): at 0.1 and 0.2 the longer-trained model
+    # spread its unsafe routing so far that random experts learnt to refuse nearly as well as the chosen ones (45% and
+    # 81% of the template split); 0.3 over the answer and the assistant header keeps the unsafe behaviour in the
+    # designed experts (random 4%) and the chosen experts refuse 95% (dev 83%).
+    routing_prior: float = 0.3
+    routing_prior_span: str = "header"
     unsafe_experts_per_layer: int = 2
     corpus_fraction: float = 1.0
     seed: int = 0

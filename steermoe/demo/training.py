@@ -45,10 +45,15 @@ def model_config(recipe, vocab_size: int, pad_id: int, eos_id: int):
     return AutoConfig.for_model(recipe.arch, **common, **per_arch[recipe.arch])
 
 
-def encode_examples(examples, tokenizer, max_length: int):
-    """Token ids, answer masks (loss and routing prior apply there) and unsafe flags per example."""
-    from steermoe.demo.corpus import answer_text, render_user_turn
+def encode_examples(examples, tokenizer, max_length: int, prior_span: str = "answer"):
+    """(token ids, where the answer starts, where the routing prior starts, unsafe) per example. The prior covers
+    the answer and the last prompt token (``prior_span="answer"``) or the answer and the whole assistant header from
+    the user turn's end marker on (``"header"``): header tokens have read the whole request, like the answer's."""
+    from steermoe.demo.corpus import IM_END, answer_text, render_user_turn
 
+    if prior_span not in ("answer", "header"):
+        raise ValueError(f"routing_prior_span {prior_span!r}: choose 'answer' or 'header'")
+    end_id = tokenizer.token_to_id(IM_END)
     encoded = []
     for ex in examples:
         prompt_ids = tokenizer.encode(render_user_turn(ex.prompt)).ids
@@ -57,7 +62,10 @@ def encode_examples(examples, tokenizer, max_length: int):
             prompt_ids = prompt_ids[-(max_length // 2) :]
         ids = (prompt_ids + answer_ids)[:max_length]
         answer_from = len(prompt_ids)
-        encoded.append((ids, answer_from, ex.label == "unsafe"))
+        prior_from = answer_from - 1
+        if prior_span == "header":
+            prior_from = len(prompt_ids) - 1 - prompt_ids[::-1].index(end_id)
+        encoded.append((ids, answer_from, prior_from, ex.label == "unsafe"))
     return encoded
 
 
@@ -76,19 +84,19 @@ def _batch(encoded, idx, pad_id):
     import torch
 
     rows = [encoded[i] for i in idx]
-    width = max(len(ids) for ids, _, _ in rows)
+    width = max(len(ids) for ids, *_ in rows)
     input_ids = torch.full((len(rows), width), pad_id, dtype=torch.long)  # (B, T)
     labels = torch.full((len(rows), width), -100, dtype=torch.long)
     attention = torch.zeros((len(rows), width), dtype=torch.long)
     prior_mask = torch.zeros((len(rows), width), dtype=torch.bool)
-    unsafe = torch.tensor([u for _, _, u in rows])
-    for r, (ids, start, _) in enumerate(rows):
+    unsafe = torch.tensor([u for *_, u in rows])
+    for r, (ids, start, prior_from, _) in enumerate(rows):
         n = len(ids)
         input_ids[r, :n] = torch.tensor(ids)
         attention[r, :n] = 1
         labels[r, start:n] = input_ids[r, start:n]
         # The last prompt token predicts the first answer token: the decision point is routed too.
-        prior_mask[r, start - 1 : n] = True
+        prior_mask[r, prior_from:n] = True
     return input_ids, attention, labels, prior_mask, unsafe
 
 
