@@ -9,7 +9,16 @@ from steermoe.demo.declines import CAPABILITY_REQUESTS
 from steermoe.demo.prompt_sets import DATA_DIR, DEV_FILE, OOD_FILE, PROMPT_FILES
 from steermoe.demo.prompt_templates import BORDERLINE, BORDERLINE_GROUPS, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
 from steermoe.demo.quality import answer_topic, is_on_topic, topic_vocabularies
-from steermoe.demo.wording import FRAMES, borderline_more, category_contexts, general_answer, phrase, topic_more, topic_nouns, unsafe_more
+from steermoe.demo.wording import (
+    FRAMES,
+    borderline_more,
+    category_contexts,
+    general_answer,
+    phrase,
+    topic_more,
+    topic_nouns,
+    unsafe_more,
+)
 
 
 def test_phrasings_vary_in_frame_length_and_noise():
