@@ -3,8 +3,8 @@
 import json
 
 from steermoe.demo.corpus import build_corpus
-from steermoe.demo.data_files import DATA_DIR
-from steermoe.demo.decontamination import HELD_OUT_FILES, is_contaminated, ngrams
+from steermoe.demo.decontamination import is_contaminated, ngrams
+from steermoe.demo.prompt_sets import DATA_DIR, OOD_FILE
 from steermoe.demo.prompt_templates import SAFE_TOPICS, UNSAFE_GOALS
 
 
@@ -13,7 +13,7 @@ def test_flags_eval_items_and_held_out_8grams_only():
     assert is_contaminated(f"hey, how would you {eval_goal}?")
     train_goal = next(iter(UNSAFE_GOALS.values()))["train"][0]
     assert not is_contaminated(f"hey, how would you {train_goal}?")
-    ood_prompt = json.loads((DATA_DIR / HELD_OUT_FILES[0]).read_text(encoding="utf-8").splitlines()[0])["prompt"]
+    ood_prompt = json.loads((DATA_DIR / OOD_FILE).read_text(encoding="utf-8").splitlines()[0])["prompt"]
     words = ood_prompt.split()
     assert len(words) >= 9
     assert is_contaminated("So, " + " ".join(words[1:9]).lower() + " then?")  # 8 words in a row, new case and context

@@ -8,6 +8,7 @@ import pytest
 
 from steermoe.demo import load_demo_prompts
 from steermoe.demo.corpus import build_corpus
+from steermoe.demo.decontamination import ngrams
 from steermoe.demo.prompt_sets import DATA_DIR, DEV_FILE, OOD_FILE, demo_prompt_paths
 from steermoe.demo.prompt_templates import BORDERLINE_GROUPS, SAFE_GRIDS, UNSAFE_GRIDS
 from steermoe.prompts import select_split
@@ -27,15 +28,10 @@ def ood():
 def training_ngrams():
     rendered = [json.loads(line) for p in demo_prompt_paths(ood=False) for line in p.read_text(encoding="utf-8").splitlines() if line]
     corpus = build_corpus()
-    training = set().union(*(_ngrams(ex.prompt) | _ngrams(ex.answer) for ex in corpus))
-    training |= set().union(*(_ngrams(r["prompt"]) for r in rendered if r["split"] == "train"))
+    training = set().union(*(ngrams(ex.prompt) | ngrams(ex.answer) for ex in corpus))
+    training |= set().union(*(ngrams(r["prompt"]) for r in rendered if r["split"] == "train"))
     prompts = {r["prompt"].lower() for r in rendered} | {ex.prompt.lower() for ex in corpus}
     return training, prompts
-
-
-def _ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
-    words = re.findall(r"[a-z0-9']+", text.lower())
-    return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
 
 def test_covers_every_category_topic_and_borderline_group(ood):
@@ -54,16 +50,16 @@ def test_shares_no_prompt_and_no_8gram_with_training_text(name, training_ngrams)
     training, prompts = training_ngrams
     rows = _rows(name)
     assert not {r["prompt"].lower() for r in rows} & prompts
-    leaks = [r["id"] for r in rows if _ngrams(r["prompt"]) & training]
+    leaks = [r["id"] for r in rows if ngrams(r["prompt"]) & training]
     assert not leaks, leaks
 
 
 def test_dev_split_is_written_apart_from_ood(ood):
     """Tuning on dev says nothing about ood by shared text: no prompt and no 8-word sequence in common."""
     dev = _rows(DEV_FILE)
-    ood_ngrams = set().union(*(_ngrams(r["prompt"]) for r in ood))
+    ood_ngrams = set().union(*(ngrams(r["prompt"]) for r in ood))
     assert not {r["prompt"].lower() for r in dev} & {r["prompt"].lower() for r in ood}
-    assert not [r["id"] for r in dev if _ngrams(r["prompt"]) & ood_ngrams]
+    assert not [r["id"] for r in dev if ngrams(r["prompt"]) & ood_ngrams]
     unsafe = [r for r in dev if r["label"] == "unsafe"]
     borderline = [r for r in dev if r["category"] == "borderline"]
     assert len(unsafe) >= 60 and {r["category"] for r in unsafe} == set(UNSAFE_GRIDS)

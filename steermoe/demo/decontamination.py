@@ -12,15 +12,11 @@ import functools
 import json
 import re
 
-from steermoe.demo.data_files import DATA_DIR
-
-__all__ = ["HELD_OUT_FILES", "ngrams", "is_contaminated"]
-
-HELD_OUT_FILES = ("ood.jsonl", "dev.jsonl")  # hand-written free-wording splits, never trained on
+__all__ = ["ngrams", "is_contaminated"]
 
 
 def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
-    """Lower-cased word n-grams (letters, digits, apostrophes), as the disjointness tests count them."""
+    """Lower-cased word n-grams (letters, digits, apostrophes): what decontamination and the disjointness tests count."""
     words = re.findall(r"[a-z0-9']+", text.lower())
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
 
@@ -28,13 +24,14 @@ def ngrams(text: str, n: int = 8) -> set[tuple[str, ...]]:
 @functools.cache
 def _held_out() -> tuple[tuple[str, ...], frozenset[tuple[str, ...]]]:
     """(the eval split's items and its templates' fixed wording, the 8-grams of the hand-written splits)."""
+    from steermoe.demo.prompt_sets import DATA_DIR, DEV_FILE, OOD_FILE
     from steermoe.demo.prompt_templates import BORDERLINE, EVAL_TEMPLATES, SAFE_TOPICS, UNSAFE_GOALS
 
     items = [g for goals in UNSAFE_GOALS.values() for g in goals["eval"]]
     items += [s for spec in SAFE_TOPICS.values() for s, _ in spec["eval"]] + [s for s, _ in BORDERLINE["eval"]]
     items += [p.strip() for t in EVAL_TEMPLATES.values() for p in t.split("{item}") if len(p.strip()) > 1]
     grams: set[tuple[str, ...]] = set()
-    for name in HELD_OUT_FILES:
+    for name in (OOD_FILE, DEV_FILE):
         for line in (DATA_DIR / name).read_text(encoding="utf-8").splitlines():
             if line:
                 grams |= ngrams(json.loads(line)["prompt"])

@@ -129,7 +129,7 @@ def unsafe_more(category: str) -> list[str]:
 
 def borderline_more(group: str) -> list[tuple[str, str]]:
     """A borderline group's corpus-only requests: (verb phrase, the target its group answer is filled with)."""
-    return [(request, target) for request, target in _TABLE.get("borderline_more", {}).get(group, ())]
+    return [(request, target) for request, target in _TABLE["borderline_more"][group]]
 
 
 def general_answer(answer: str) -> str:
