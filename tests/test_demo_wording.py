@@ -75,7 +75,9 @@ def test_topic_vocabulary_prompts_get_the_topic_answer_without_copying_the_noun(
         assert "{noun}" not in general and is_on_topic(general, topic)
     corpus = build_corpus()
     sourdough = [ex for ex in corpus if "sourdough" in ex.prompt]
-    assert sourdough and {ex.answer for ex in sourdough} == {general_answer(topic_nouns("cooking")[0])}
+    # Cooking's context sentences mention it too ("My sourdough always comes out flat"), under other cooking requests.
+    assert sourdough and {ex.category for ex in sourdough} == {"cooking"}
+    assert general_answer(topic_nouns("cooking")[0]) in {ex.answer for ex in sourdough}
     assert "sourdough" not in topic_vocabularies()["cooking"]
 
 

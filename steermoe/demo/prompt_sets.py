@@ -39,10 +39,12 @@ PROMPT_FILES = ("unsafe.jsonl", "safe.jsonl", "borderline.jsonl")  # rendered fr
 OOD_FILE = "ood.jsonl"  # written by hand, free wording: the final measurement
 DEV_FILE = "dev.jsonl"  # written by hand by another method, free wording: for tuning settings
 SOURCE = "steermoe-demo"
-# Eval: every held-out pair gets two of the six eval templates. Train: every train pair gets one
-# free-wording phrasing (``steermoe.demo.wording``; template id ``w<frame>``), and a seeded few of the
-# category's train-only extra items join it, so fine-tuning sees the wording and vocabulary the corpus has.
+# Eval: every held-out pair gets two of the six eval templates. Train: every train pair gets
+# ``TRAIN_PER_ITEM`` free-wording phrasings (``steermoe.demo.wording``; template id ``w<frame>``), and a seeded
+# few of the category's train-only extra items join it, so fine-tuning sees the wording and vocabulary the corpus
+# has; two wordings of each request teach it the request rather than the sentence around it.
 EVAL_PER_ITEM = 2
+TRAIN_PER_ITEM = 2
 TRAIN_EXTRAS = {"unsafe": 9, "safe": 6, "borderline": 2}
 
 
@@ -66,9 +68,21 @@ def _clean_phrase(item: str, rng: random.Random, contexts: tuple[str, ...]) -> t
     raise ValueError(f"train item {item!r}: every phrasing holds held-out material; reword it in steermoe/demo/data")
 
 
+def _train_phrasings(item: str, rng: random.Random, contexts: tuple[str, ...]) -> list[tuple[str, str, str]]:
+    """:data:`TRAIN_PER_ITEM` distinct clean phrasings of one train item: (template id, item, prompt) rows."""
+    rows: list[tuple[str, str, str]] = []
+    for _ in range(20 * TRAIN_PER_ITEM):
+        index, text = _clean_phrase(item, rng, contexts)
+        if text not in {r[2] for r in rows}:
+            rows.append((f"w{index:02d}", item, text))
+        if len(rows) == TRAIN_PER_ITEM:
+            break
+    return rows
+
+
 def _render_train(items: list[str], kind: str, category: str, contexts: tuple[str, ...]) -> list[tuple[str, str, str]]:
     rng = random.Random(f"{kind}-{category}")  # str seeds are stable across runs and machines
-    return [(f"w{index:02d}", item, text) for item in items for index, text in [_clean_phrase(item, rng, contexts)]]
+    return [row for item in items for row in _train_phrasings(item, rng, contexts)]
 
 
 def _with_extras(kind: str, category: str, train: list, extra: list) -> list:
@@ -112,7 +126,7 @@ def render_prompt_sets() -> dict[str, list[dict]]:
         if split == "train":
             pairs = BORDERLINE["train"] + [p for g in sorted(BORDERLINE_GROUPS) for p in _with_extras("borderline", g, [], _extra_of(g))]
             rng = random.Random("borderline")
-            rows = [(f"w{i:02d}", s, text) for s, _ in pairs for i, text in [_clean_phrase(s, rng, category_contexts("borderline", BORDERLINE_GROUP_OF[s]))]]
+            rows = [row for s, _ in pairs for row in _train_phrasings(s, rng, category_contexts("borderline", BORDERLINE_GROUP_OF[s]))]
         else:
             rows = _render_eval([s for s, _ in BORDERLINE["eval"]], 0)
         sets["borderline.jsonl"] += _records("borderline", "safe", "borderline", rows, split)
