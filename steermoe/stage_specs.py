@@ -71,9 +71,13 @@ def _model_identity(config) -> dict:
         from steermoe.random_model import random_fingerprint, random_spec
 
         return {"model.fingerprint": random_fingerprint(random_spec(config.model))}
+    if config.model.source == "demo":  # built from the demo tables: an edited table is a different model
+        from steermoe.demo.data_files import tables_fingerprint
+
+        return {"model.demo_tables": tables_fingerprint()}
     # A local folder is keyed on its weights, so a changed checkpoint under the same path misses.
     source = Path(config.model.source).expanduser()
-    if config.model.source != "demo" and source.exists():
+    if source.exists():
         from steermoe.modeling import model_fingerprint
 
         return {"model.fingerprint": model_fingerprint(source)}

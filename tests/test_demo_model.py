@@ -1,7 +1,6 @@
 """The demo model builder: a standard HF folder, a working chat template, determinism, the cache."""
 
 import json
-import time
 
 import pytest
 
@@ -77,8 +76,6 @@ def test_ensure_caches_by_recipe_hash(tmp_path):
     assert path.parent == tmp_path / "demo-models" and path.name.startswith("qwen3_moe-")
     assert not [p for p in path.parent.iterdir() if p.name.startswith(".") and p.is_dir()]  # temp folder gone
     stamp = (path / "model.safetensors").stat().st_mtime_ns
-    start = time.perf_counter()
     assert ensure_demo_model(tmp_path, recipe=recipe) == path
-    assert time.perf_counter() - start < 1.0
-    assert (path / "model.safetensors").stat().st_mtime_ns == stamp
+    assert (path / "model.safetensors").stat().st_mtime_ns == stamp  # found, not built again
     assert demo_model_dir(tmp_path, DemoRecipe.tiny(arch="olmoe")) != path

@@ -1,6 +1,7 @@
 """The stage specs drive tasks, keys and docs; the cache-key test covers every stage through them."""
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -139,3 +140,19 @@ def test_an_unknown_stage_lists_the_known_ones():
     with pytest.raises(InputError, match="validate_prompts, prepare_model"):
         spec("colect_routing")
 
+
+
+def test_an_edited_demo_table_changes_the_demo_model_key(base_config, tmp_path, monkeypatch):
+    """The demo model is built from the YAML tables beside the prompt sets: editing one (new vocabulary) must
+    miss the cached model stage, as editing its code does."""
+    from steermoe.demo import data_files
+
+    assert base_config.model.source == "demo"
+    before = key_of("prepare_model", base_config)
+    copy = tmp_path / "data"
+    shutil.copytree(data_files.DATA_DIR, copy)
+    monkeypatch.setattr(data_files, "DATA_DIR", copy)
+    assert key_of("prepare_model", base_config) == before  # the same tables, the same key
+    wording = copy / "wording.yaml"
+    wording.write_text(wording.read_text().replace("frames:\n", 'frames:\n  - "Got a minute to explain how to {item}?"\n', 1))
+    assert key_of("prepare_model", base_config) != before
