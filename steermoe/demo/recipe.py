@@ -70,11 +70,13 @@ class DemoRecipe:
 
     @classmethod
     def small(cls, arch: str = "qwen3_moe") -> DemoRecipe:
-        """Between the two: builds in about a minute of CPU and has learnt enough that a few fine-tuning
-        steps on the selected experts already make it decline (smoke runs: ``configs/smoke.yaml``)."""
+        """Between the two: builds in about two minutes of CPU and has learnt enough that a few fine-tuning
+        steps on the selected experts already make it decline (smoke runs: ``configs/smoke.yaml``). 800 steps since
+        the third vocabulary round: at 400 over the larger corpus the smoke run's fine-tuned model declined none of
+        its 4 unsafe eval prompts (one thread), at 800 two."""
         return cls(
             arch=arch, hidden_size=64, expert_intermediate_size=64, num_heads=4, num_kv_heads=2, head_dim=16,
-            vocab_size=1024, max_length=64, steps=400, batch_size=16, learning_rate=3e-3, warmup_steps=10, corpus_fraction=0.5,
+            vocab_size=1024, max_length=64, steps=800, batch_size=16, learning_rate=3e-3, warmup_steps=10, corpus_fraction=0.5,
             build_threads=1,
         )
 
