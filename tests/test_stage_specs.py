@@ -141,7 +141,6 @@ def test_an_unknown_stage_lists_the_known_ones():
         spec("colect_routing")
 
 
-
 def test_an_edited_demo_table_changes_the_demo_model_key(base_config, tmp_path, monkeypatch):
     """The demo model is built from the YAML tables beside the prompt sets: editing one (new vocabulary) must
     miss the cached model stage, as editing its code does."""
