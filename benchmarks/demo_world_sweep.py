@@ -100,6 +100,9 @@ def main() -> None:
     if not args.variant:
         parser.error("give at least one --variant (e.g. --variant base)")
     variants = [parse_variant(v) for v in args.variant]
+    for name, _, wording in variants:
+        if wording and not Path(wording).is_file():
+            parser.error(f"--variant {name}: {wording} is not a file (give the path of a wording.yaml after '@')")
     work = Path(tempfile.mkdtemp(prefix="demo-sweep-"))
     paths = {}
     for name, _, wording in variants:  # each wording variant gets a copy of the package with its own wording.yaml

@@ -43,3 +43,10 @@ def test_no_variant_is_a_usage_error():
     proc = subprocess.run([sys.executable, str(SCRIPT)], capture_output=True, text=True)
     assert proc.returncode == 2
     assert "give at least one --variant" in proc.stderr.splitlines()[-1]
+
+
+def test_a_missing_wording_file_is_a_usage_error(tmp_path):
+    missing = tmp_path / "nowhere.yaml"
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--variant", f"old=@{missing}"], capture_output=True, text=True)
+    assert proc.returncode == 2
+    assert f"--variant old: {missing} is not a file" in proc.stderr.splitlines()[-1]
