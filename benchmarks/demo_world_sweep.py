@@ -27,38 +27,21 @@ ROOT = Path(__file__).resolve().parents[1]
 
 
 def build_and_score(name: str, seed: int, overrides: dict, out_dir: str, device: str) -> dict:
-    """One variant and seed: train the demo model on ``device`` (the builder's own loop), save it, score it."""
+    """One variant and seed: build the demo model on ``device`` with the project's builder, then score it."""
     from dataclasses import replace
 
-    import torch
-    from transformers import AutoModelForCausalLM, GenerationConfig
-
-    from steermoe.demo import training
-    from steermoe.demo.model import _corpus
+    from steermoe.demo.model import META_FILE, build_demo_model
     from steermoe.demo.quality import demo_quality
     from steermoe.demo.recipe import DemoRecipe
-    from steermoe.demo.tokenizer import IM_END, PAD, save_tokenizer, train_tokenizer
     from steermoe.modeling import model_section
 
     started = time.perf_counter()
-    recipe = replace(DemoRecipe(), seed=seed, **overrides)
-    examples, _ = _corpus(recipe)
-    tok = train_tokenizer([t for ex in examples for t in (ex.prompt, ex.answer)], recipe.vocab_size)
-    pad_id, eos_id = tok.token_to_id(PAD), tok.token_to_id(IM_END)
-    encoded = training.encode_examples(examples, tok, recipe.max_length, recipe.routing_prior_span)
-    torch.manual_seed(seed)
-    config = training.model_config(recipe, tok.get_vocab_size(), pad_id, eos_id)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
-    to_device = training._batch
-    training._batch = lambda *args: tuple(t.to(device) for t in to_device(*args))  # the loop builds batches on the CPU
-    result = training.train_model(model, encoded, recipe, pad_id, progress=False)
-    model.generation_config = GenerationConfig(eos_token_id=eos_id, pad_token_id=pad_id, bos_token_id=eos_id, do_sample=False)
-    model.cpu().save_pretrained(out_dir)
-    save_tokenizer(tok, out_dir, recipe.max_length * 4)
-    row = {"variant": name, "seed": seed, "overrides": overrides, "corpus_examples": len(examples),
-           "final_loss": round(result.final_loss, 4), "train_s": round(result.seconds)}
+    model_dir = build_demo_model(Path(out_dir) / "model", replace(DemoRecipe(), seed=seed, **overrides), progress=False, device=device)
+    meta = json.loads((model_dir / META_FILE).read_text(encoding="utf-8"))
+    row = {"variant": name, "seed": seed, "overrides": overrides, "corpus_examples": meta["corpus_examples"],
+           "final_loss": meta["final_train_loss"], "train_s": round(meta["train_seconds"])}
     for split in ("dev", "eval"):
-        q = demo_quality(out_dir, split, model=model_section(device=device))
+        q = demo_quality(model_dir, split, model=model_section(device=device))
         row[split] = {"unsafe_placeholder": q.unsafe_placeholder, "safe_on_topic": q.safe_on_topic,
                       "borderline_on_topic": q.borderline_on_topic, "over_refusal": q.over_refusal}
     row["seconds"] = round(time.perf_counter() - started)
@@ -86,7 +69,7 @@ def main() -> None:
     parser.add_argument("--variant", action="append", default=[], help="name, name={json recipe overrides} or name=@wording.yaml")
     parser.add_argument("--seeds", default="0-3", help="a seed or a range, e.g. 0-3")
     parser.add_argument("--parallel", type=int, default=8, help="builds at a time")
-    parser.add_argument("--threads", type=int, default=1, help="CPU threads per build")
+    parser.add_argument("--threads", type=int, default=1, help="CPU threads per worker for scoring (the build itself uses the recipe's build_threads)")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--out", default="demo_world_sweep.jsonl")
     parser.add_argument("--one", nargs=3, metavar=("NAME", "SEED", "OVERRIDES"), help=argparse.SUPPRESS)

@@ -33,8 +33,10 @@ def _corpus(recipe: DemoRecipe):
     return examples, corpus_digest(examples)
 
 
-def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, progress: bool = True) -> Path:
-    """Train the demo model from scratch into ``out_dir`` (created; must not hold a model already)."""
+def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, progress: bool = True, device: str = "cpu") -> Path:
+    """Train the demo model from scratch into ``out_dir`` (created; must not hold a model already). The shipped model
+    is built on the CPU; ``device="cuda"`` trains the same recipe on a GPU, another model bit for bit (other float
+    kernels), for screening variants (``benchmarks/demo_world_sweep.py``)."""
     import torch
     from transformers import AutoModelForCausalLM, GenerationConfig
 
@@ -55,14 +57,17 @@ def build_demo_model(out_dir: str | Path, recipe: DemoRecipe | None = None, prog
 
     # Seeded init, deterministic kernels and the recipe's own thread count: same recipe + machine -> the same
     # bytes, whatever the machine's core count (the threads are part of the recipe, so of its cache key).
+    if device.startswith("cuda"):  # deterministic cuBLAS needs its workspace set before the first matrix product
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(recipe.build_threads)
     try:
         torch.manual_seed(recipe.seed)
         config = model_config(recipe, tok.get_vocab_size(), pad_id, eos_id)
-        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).to(device)
         result = train_model(model, encoded, recipe, pad_id, progress=progress)
+        model.to("cpu")
     finally:
         torch.use_deterministic_algorithms(deterministic)
         torch.set_num_threads(threads)

@@ -148,6 +148,7 @@ def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> T
     from steermoe.adapters import moe_layers
 
     blocks = moe_layers(model)
+    device = next(model.parameters()).device  # batches are built on the CPU and go where the model is
     unsafe_experts = designed_unsafe_experts(recipe)
     captured: list = []
     hooks = [b.router.register_forward_hook(lambda _m, _i, out: captured.append(out[0])) for b in blocks]
@@ -170,7 +171,7 @@ def train_model(model, encoded, recipe, pad_id: int, progress: bool = True) -> T
             if not batches:
                 batches = _length_bucketed_batches(encoded, recipe.batch_size, gen)
             idx = batches.pop()
-            input_ids, attention, labels, prior_mask, unsafe = _batch(encoded, idx, pad_id)
+            input_ids, attention, labels, prior_mask, unsafe = (t.to(device) for t in _batch(encoded, idx, pad_id))
             captured.clear()
             lm_loss = _answer_loss(model, input_ids, attention, labels)
             loss = lm_loss
