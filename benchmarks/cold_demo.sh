@@ -5,8 +5,9 @@
 #
 #   bash benchmarks/cold_demo.sh [GIT_REF] [WORK_DIR]     (default: HEAD of this clone, a new /tmp folder)
 #
-# Phases: `make venv` (install), `steermoe demo-model` (the demo model build, cached by recipe), then
-# `make demo` itself (every pipeline stage; its own table gives the seconds of each). Each line reports
+# Phases: `make venv` (install), `steermoe demo-model` (the demo model: the package's build of the default
+# recipe copied into the cache, steermoe.demo.shipped; with BUILD=1 trained from scratch instead, as a changed
+# recipe would be), then `make demo` itself (every pipeline stage; its own table gives the seconds of each). Each line reports
 # wall seconds, CPU seconds (user + sys, less sensitive to other load on a shared machine) and the load
 # average when the phase started. Everything lives under WORK_DIR; delete it when done.
 set -euo pipefail
@@ -39,7 +40,7 @@ phase() {  # phase NAME COMMAND...: run it, log its output, append "name wall cp
   printf '%-12s wall %7.1f s   cpu %7.1f s   load at start %s\n' "$name" "$wall" "$(echo "$user + $sys" | bc)" "$load" | tee -a "$report"
 }
 phase install make venv
-phase demo-model .venv/bin/steermoe demo-model
+if [ "${BUILD:-0}" = 1 ]; then phase demo-model .venv/bin/steermoe demo-model --no-shipped; else phase demo-model .venv/bin/steermoe demo-model; fi
 phase stages make demo
 awk '{w += $3; c += $6} END {printf "%-12s wall %7.1f s   cpu %7.1f s\n", "total", w, c}' "$report" | tee -a "$report"
 sed -n "/steermoe run 'demo'/,/^outputs/p" "$work/stages.log"  # the run's own table: seconds per stage

@@ -14,10 +14,14 @@ __all__ = ["demo_model"]
 
 @app.command("demo-model")
 def demo_model(
-    out: Optional[Path] = typer.Option(None, "--out", help="Write the model here instead of the cache (must not hold a model)."),
+    out: Optional[Path] = typer.Option(None, "--out", help="Train the model from scratch into this folder instead of the cache (must not hold a model)."),
     arch: str = typer.Option("qwen3_moe", "--arch", help="Architecture: qwen3_moe, olmoe or mixtral."),
     size: str = typer.Option("full", "--size", help="'full' (the demo model), 'small' (about a minute to build; smoke runs) or 'tiny' (seconds; for tests)."),
     cache_dir: Optional[Path] = typer.Option(None, "--cache-dir", help="Cache root (default: $STEERMOE_CACHE or ~/.cache/steermoe)."),
+    shipped: bool = typer.Option(
+        True, "--shipped/--no-shipped",
+        help="Copy the build the package ships for this recipe (the full size only) instead of training it; a cached model is reused either way.",
+    ),
 ) -> None:
     """Build the built-in demo MoE chat model offline (cached by recipe hash) and print its folder."""
     from steermoe.demo.model import build_demo_model, ensure_demo_model
@@ -32,5 +36,5 @@ def demo_model(
     if out is not None:
         path = build_demo_model(out, recipe)
     else:
-        path = ensure_demo_model(cache_dir=cache_dir, arch=arch, recipe=recipe)
+        path = ensure_demo_model(cache_dir=cache_dir, arch=arch, recipe=recipe, shipped=shipped)
     console.print(str(path), highlight=False, soft_wrap=True)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import sys
 import tempfile
 from pathlib import Path
 
@@ -101,9 +102,17 @@ def demo_model_dir(cache_dir: str | Path | None = None, recipe: DemoRecipe | Non
 
 
 def ensure_demo_model(
-    cache_dir: str | Path | None = None, arch: str = "qwen3_moe", recipe: DemoRecipe | None = None, progress: bool = True
+    cache_dir: str | Path | None = None,
+    arch: str = "qwen3_moe",
+    recipe: DemoRecipe | None = None,
+    progress: bool = True,
+    shipped: bool = True,
 ) -> Path:
-    """The cached demo model folder, built on first use (in a temp folder, renamed into place)."""
+    """The cached demo model folder. On first use it is copied from the package when the package ships this
+    recipe's build (:mod:`steermoe.demo.shipped`; checksums checked) unless ``shipped=False``, else built; either
+    way in a temp folder renamed into place."""
+    from steermoe.demo.shipped import install_shipped, shipped_model
+
     _check_arch(arch)
     recipe = (recipe or DemoRecipe()).with_arch(arch)
     target = demo_model_dir(cache_dir, recipe)
@@ -113,6 +122,11 @@ def ensure_demo_model(
     with _lock(target.parent / f".{target.name}.lock"):
         if (target / "model.safetensors").exists():  # another process built it while we waited
             return target
+        source = shipped_model(target.name) if shipped else None
+        if source is not None:
+            if progress:
+                print(f"demo model: the package's build of recipe {target.name} (checksums checked), no training needed", file=sys.stderr)
+            return install_shipped(source, target)
         tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
         try:
             build_demo_model(tmp / "model", recipe, progress=progress)
