@@ -23,7 +23,8 @@ def demo_model(
         help="Copy the build the package ships for this recipe (the full size only) instead of training it; a cached model is reused either way.",
     ),
 ) -> None:
-    """Build the built-in demo MoE chat model offline (cached by recipe hash) and print its folder."""
+    """Print the built-in demo MoE chat model's folder: copied from the build the package ships for the default
+    recipe, or trained offline (either way cached by recipe hash)."""
     from steermoe.demo.model import build_demo_model, ensure_demo_model
     from steermoe.demo.recipe import DEMO_ARCHS, DEMO_SIZES, DemoRecipe
     from steermoe.errors import InputError
