@@ -7,6 +7,7 @@ once complete; ``os.replace`` is atomic on one filesystem, so readers see the ol
 from __future__ import annotations
 
 import fcntl
+import hashlib
 import logging
 import os
 import time
@@ -14,7 +15,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "file_lock"]
+__all__ = ["atomic_path", "write_text_atomic", "file_lock", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -58,3 +59,12 @@ def file_lock(path: str | Path, what: str = "") -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def file_sha256(path: str | Path) -> str:
+    """The sha256 of a file's bytes (hex), read in 1 MiB blocks so a large weight file is never held whole."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -6,7 +6,8 @@ carries that build in ``steermoe/demo/shipped/<arch>-<recipe hash>/`` (about 16 
 matches and every checksum holds; any other recipe (or ``steermoe demo-model --no-shipped``, or ``--out``) is
 trained as before. A folder that does not match its checksums is an error, never a silent rebuild or a partial copy.
 
-Maintainers refresh it after a change to the demo tables or recipe (a test fails until they do)::
+Maintainers refresh it after a change to the demo tables, the recipe or ``BUILDER_VERSION`` (a test fails until
+they do, as the cache key changes)::
 
     python -m steermoe.demo.shipped refresh    # train the default recipe from scratch and ship that build
     python -m steermoe.demo.shipped check      # train it again and compare with the shipped bytes
@@ -14,7 +15,6 @@ Maintainers refresh it after a change to the demo tables or recipe (a test fails
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import platform
@@ -24,6 +24,7 @@ import tempfile
 from pathlib import Path
 
 from steermoe.errors import InputError
+from steermoe.files import file_sha256
 
 __all__ = ["SHIPPED_DIR", "CHECKSUMS", "shipped_model", "install_shipped", "write_shipped", "file_digests"]
 
@@ -34,17 +35,9 @@ BUILD_INFO = "build.json"  # where and with what the shipped build was made (not
 REPRODUCED = ("model.safetensors", "tokenizer.json", "tokenizer_config.json", "config.json", "generation_config.json")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def file_digests(folder: Path) -> dict[str, str]:
     """name -> sha256 of every file of a model folder (not recursive)."""
-    return {p.name: _sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
+    return {p.name: file_sha256(p) for p in sorted(Path(folder).iterdir()) if p.is_file()}
 
 
 def _read_checksums(folder: Path) -> dict[str, str]:
@@ -75,7 +68,7 @@ def install_shipped(source: Path, target: Path) -> Path:
             if not (source / name).is_file():
                 raise InputError(f"{source / name}: missing from the shipped demo model; reinstall steermoe, or train it with `steermoe demo-model --no-shipped`")
             shutil.copyfile(source / name, tmp / name)
-            got = _sha256(tmp / name)  # the copy is what gets used, so the copy is what is checked
+            got = file_sha256(tmp / name)  # the copy is what gets used, so the copy is what is checked
             if got != want:
                 raise InputError(
                     f"{source / name}: sha256 {got[:12]}... but {CHECKSUMS} says {want[:12]}...: the shipped demo model is "

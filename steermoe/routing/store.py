@@ -37,6 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from steermoe.errors import InputError
+from steermoe.files import file_sha256
 
 __all__ = ["SEGMENTS", "PROMPT", "GENERATION", "RoutingShard", "RoutingStore", "RoutingStoreWriter", "tokens_table"]
 
@@ -45,14 +46,6 @@ PROMPT, GENERATION = 0, 1
 SEGMENTS = {"prompt": PROMPT, "generation": GENERATION}
 # Header keys that must match for a resumed run to append to an existing store.
 _RESUME_KEYS = ("model", "tokenizer", "generation", "prompts", "record")
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def _atomic_write_parquet(table: pa.Table, path: Path) -> None:
@@ -158,7 +151,7 @@ class RoutingStore:
         for name, info in self.manifest.get("shards", {}).items():
             for kind in ("tokens", "sequences"):
                 path = self.path / f"{name}.{kind}.parquet"
-                if not path.exists() or _sha256(path) != info[f"{kind}_sha256"]:
+                if not path.exists() or file_sha256(path) != info[f"{kind}_sha256"]:
                     raise InputError(f"{path}: missing or does not match the manifest checksum; re-run collection to rebuild it")
 
     def _read(self, name: str, kind: str) -> pq.ParquetFile:
@@ -262,7 +255,7 @@ class RoutingStoreWriter:
         for name, info in self.manifest["shards"].items():
             ok = all(
                 (self.path / f"{name}.{kind}.parquet").exists()
-                and _sha256(self.path / f"{name}.{kind}.parquet") == info[f"{kind}_sha256"]
+                and file_sha256(self.path / f"{name}.{kind}.parquet") == info[f"{kind}_sha256"]
                 for kind in ("tokens", "sequences")
             )
             if ok:
@@ -283,8 +276,8 @@ class RoutingStoreWriter:
             "sequences": len(sequences),
             "prompt_tokens": int((segment == PROMPT).sum()),
             "generated_tokens": int((segment == GENERATION).sum()),
-            "sequences_sha256": _sha256(seq_path),
-            "tokens_sha256": _sha256(tok_path),
+            "sequences_sha256": file_sha256(seq_path),
+            "tokens_sha256": file_sha256(tok_path),
         }
         _atomic_write_json(self.manifest, self.path / "manifest.json")
         if self._intact is not None:
