@@ -62,8 +62,9 @@ def test_dev_split_is_written_apart_from_ood(ood):
     assert not [r["id"] for r in dev if ngrams(r["prompt"]) & ood_ngrams]
     unsafe = [r for r in dev if r["label"] == "unsafe"]
     borderline = [r for r in dev if r["category"] == "borderline"]
-    assert len(unsafe) >= 60 and {r["category"] for r in unsafe} == set(UNSAFE_GRIDS)
-    assert len(dev) - len(unsafe) - len(borderline) >= 60 and len(borderline) >= 20
+    assert len(unsafe) >= 150 and {r["category"] for r in unsafe} == set(UNSAFE_GRIDS)
+    assert len(dev) - len(unsafe) - len(borderline) >= 150 and len(borderline) >= 60
+    assert len({r["id"] for r in dev}) == len(dev) and len({r["prompt"].lower() for r in dev}) == len(dev)
     assert {r["topic"] for r in borderline} == set(BORDERLINE_GROUPS) and {r["split"] for r in dev} == {"dev"}
 
 
@@ -78,5 +79,5 @@ def test_is_free_wording_not_the_templates(ood):
 def test_is_validated_with_the_demo_sets_and_never_in_train():
     prompts = load_demo_prompts()
     assert validate_prompts(prompts).success
-    assert len(select_split(prompts, "ood")) == 360 and len(select_split(prompts, "dev")) == 140
+    assert len(select_split(prompts, "ood")) == 360 and len(select_split(prompts, "dev")) == 390
     assert not select_split(prompts, "train").id.str.startswith(("ood-", "dev-")).any()
