@@ -10,12 +10,14 @@ import fcntl
 import hashlib
 import logging
 import os
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
-__all__ = ["atomic_path", "write_text_atomic", "file_lock", "file_sha256"]
+__all__ = ["atomic_path", "atomic_dir", "write_text_atomic", "file_lock", "file_sha256"]
 
 log = logging.getLogger(__name__)
 
@@ -33,6 +35,21 @@ def atomic_path(final: str | Path) -> Iterator[Path]:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+@contextmanager
+def atomic_dir(final: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary folder beside ``final`` (mode 0755, not mkdtemp's 0700); on success it is renamed
+    to ``final`` (which must not exist by then), and on any failure it is removed with what was written in it."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    os.chmod(tmp, 0o755)
+    try:
+        yield tmp
+        os.replace(tmp, final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def write_text_atomic(path: str | Path, text: str) -> Path:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 from steermoe.demo.recipe import DEMO_ARCHS, DemoRecipe
@@ -112,6 +110,7 @@ def ensure_demo_model(
     recipe's build (:mod:`steermoe.demo.shipped`; checksums checked) unless ``shipped=False``, else built; either
     way in a temp folder renamed into place."""
     from steermoe.demo.shipped import install_shipped, shipped_model
+    from steermoe.files import atomic_dir
 
     _check_arch(arch)
     recipe = (recipe or DemoRecipe()).with_arch(arch)
@@ -127,12 +126,8 @@ def ensure_demo_model(
             if progress:
                 print(f"demo model: the package's build of recipe {target.name} (checksums checked), no training needed", file=sys.stderr)
             return install_shipped(source, target)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-        try:
-            build_demo_model(tmp / "model", recipe, progress=progress)
-            os.replace(tmp / "model", target)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
+        with atomic_dir(target) as tmp:
+            build_demo_model(tmp, recipe, progress=progress)
     return target
 
 

@@ -24,7 +24,7 @@ import tempfile
 from pathlib import Path
 
 from steermoe.errors import InputError
-from steermoe.files import file_sha256
+from steermoe.files import atomic_dir, file_sha256
 
 __all__ = ["SHIPPED_DIR", "CHECKSUMS", "shipped_model", "install_shipped", "write_shipped", "file_digests"]
 
@@ -61,9 +61,7 @@ def install_shipped(source: Path, target: Path) -> Path:
     into a temp folder beside ``target``, renamed into place, so a failure leaves nothing behind."""
     source, target = Path(source), Path(target)
     expected = _read_checksums(source)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    os.chmod(tmp, 0o755)  # mkdtemp's 0700 would become the model folder's mode
-    try:
+    with atomic_dir(target) as tmp:
         for name, want in expected.items():
             if not (source / name).is_file():
                 raise InputError(f"{source / name}: missing from the shipped demo model; reinstall steermoe, or train it with `steermoe demo-model --no-shipped`")
@@ -74,9 +72,6 @@ def install_shipped(source: Path, target: Path) -> Path:
                     f"{source / name}: sha256 {got[:12]}... but {CHECKSUMS} says {want[:12]}...: the shipped demo model is "
                     "damaged; reinstall steermoe, or train it with `steermoe demo-model --no-shipped`"
                 )
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return target
 
 
@@ -89,11 +84,8 @@ def write_shipped(model_dir: Path, root: Path = SHIPPED_DIR, build_seconds: floa
     model_dir, root = Path(model_dir), Path(root)
     if not (model_dir / "model.safetensors").is_file():
         raise InputError(f"{model_dir}: no model.safetensors; pass a folder `steermoe demo-model` wrote")
-    root.mkdir(parents=True, exist_ok=True)
     dest = root / model_dir.name
-    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}-", dir=root))
-    os.chmod(tmp, 0o755)
-    try:
+    with atomic_dir(dest) as tmp:
         for path in sorted(model_dir.iterdir()):
             if path.is_file():
                 shutil.copyfile(path, tmp / path.name)
@@ -109,12 +101,9 @@ def write_shipped(model_dir: Path, root: Path = SHIPPED_DIR, build_seconds: floa
             "build_seconds": None if build_seconds is None else round(build_seconds, 1),
         }
         (tmp / BUILD_INFO).write_text(json.dumps(info, indent=2) + "\n", encoding="utf-8")
-        for old in root.iterdir():
+        for old in root.iterdir():  # the same name included: the new folder is renamed into its place
             if old.is_dir() and not old.name.startswith("."):
                 shutil.rmtree(old)
-        os.replace(tmp, dest)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return dest
 
 
